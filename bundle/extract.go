@@ -1,0 +1,313 @@
+package bundle
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/otter-fleet/otter/nix"
+)
+
+// MaxDecoderWindow bounds the zstd window a layer may ask for.
+const MaxDecoderWindow = 64 << 20
+
+type extractOptions struct {
+	jobs     int
+	repair   bool
+	fsync    bool
+	progress Progress
+}
+
+// ExtractOption configures [Extract].
+type ExtractOption func(*extractOptions) error
+
+// WithExtractJobs sets how many layers are unpacked at once (default 2).
+func WithExtractJobs(n int) ExtractOption {
+	return func(o *extractOptions) error {
+		if n < 1 {
+			return fmt.Errorf("bundle: jobs %d < 1", n)
+		}
+		o.jobs = n
+		return nil
+	}
+}
+
+// WithRepair replaces store paths that are present with the wrong content
+// instead of failing with ErrCorruptPath.
+func WithRepair(repair bool) ExtractOption {
+	return func(o *extractOptions) error { o.repair = repair; return nil }
+}
+
+// WithFsync sets whether extracted files are synced to disk before they
+// become visible (default true).
+func WithFsync(sync bool) ExtractOption {
+	return func(o *extractOptions) error { o.fsync = sync; return nil }
+}
+
+// WithExtractProgress reports progress in NAR bytes.
+func WithExtractProgress(p Progress) ExtractOption {
+	return func(o *extractOptions) error { o.progress = p; return nil }
+}
+
+// ExtractResult says what Extract did with each store path.
+type ExtractResult struct {
+	Extracted []string `json:"extracted"`
+	Present   []string `json:"present"`
+	Repaired  []string `json:"repaired"`
+}
+
+// Extract unpacks the bundle img, with config cfg, into storeDir. A path
+// already present with the right NAR hash is skipped; every other one is
+// unpacked under a temporary name, checked against its layer digest,
+// DiffID and NAR hash, and only then renamed into place.
+func Extract(ctx context.Context, img v1.Image, cfg *Config, storeDir string, opts ...ExtractOption) (*ExtractResult, error) {
+	o := extractOptions{jobs: 2, fsync: true}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, classify(err)
+	}
+	if len(m.Layers) != len(cfg.Paths) {
+		return nil, fmt.Errorf("%w: %d layers for %d store paths", ErrConfig, len(m.Layers), len(cfg.Paths))
+	}
+	if err := os.MkdirAll(storeDir, 0o755); err != nil {
+		return nil, err
+	}
+	closure := cfg.Closure()
+	status := make([]string, len(cfg.Paths))
+	var done atomic.Int64
+	total := closure.NarSize()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	for i := range cfg.Paths {
+		g.Go(func() error {
+			info := &closure.Paths[i]
+			st, err := extractOne(gctx, img, m.Layers[i], cfg.RootFS.DiffIDs[i], info, storeDir, &o)
+			status[i] = st
+			if o.progress != nil {
+				o.progress(done.Add(info.NarSize), total)
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	res := &ExtractResult{Extracted: []string{}, Present: []string{}, Repaired: []string{}}
+	for i, st := range status {
+		p := cfg.Paths[i].Path
+		switch st {
+		case "present":
+			res.Present = append(res.Present, p)
+		case "repaired":
+			res.Repaired = append(res.Repaired, p)
+		default:
+			res.Extracted = append(res.Extracted, p)
+		}
+	}
+	return res, nil
+}
+
+func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, storeDir string, o *extractOptions) (string, error) {
+	base := nix.BaseName(info.Path)
+	final := filepath.Join(storeDir, base)
+	status := "extracted"
+	if _, err := os.Lstat(final); err == nil {
+		h, n, err := nix.HashPath(final)
+		if err == nil && h == info.NarHash && n == info.NarSize {
+			return "present", nil
+		}
+		if !o.repair {
+			return "", fmt.Errorf("%w: %s (use --repair to replace it)", ErrCorruptPath, final)
+		}
+		status = "repaired"
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	layer, err := img.LayerByDigest(desc.Digest)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", info.Path, classify(err))
+	}
+	tmpDir, err := os.MkdirTemp(storeDir, ".otter-extract-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmpDir)
+	staged := filepath.Join(tmpDir, base)
+	if err := unpackLayer(ctx, layer, desc, diffID, info, staged, o.fsync); err != nil {
+		return "", fmt.Errorf("extracting %s: %w", info.Path, err)
+	}
+	if status == "repaired" {
+		// Move the corrupt path out of the way inside tmpDir, which is removed.
+		if err := os.Rename(final, filepath.Join(tmpDir, "corrupt")); err != nil {
+			return "", err
+		}
+		makeWritable(filepath.Join(tmpDir, "corrupt"))
+	}
+	if err := os.Rename(staged, final); err != nil {
+		return "", err
+	}
+	if o.fsync {
+		if err := syncDir(storeDir); err != nil {
+			return "", err
+		}
+	}
+	return status, nil
+}
+
+// makeWritable lets RemoveAll delete a read-only store tree.
+func makeWritable(root string) {
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+}
+
+// unpackLayer unpacks one layer into dst and checks it. On error, dst may
+// hold a partial tree; the caller removes it.
+func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, dst string, fsync bool) (err error) {
+	rc, err := layer.Compressed()
+	if err != nil {
+		return classify(err)
+	}
+	defer rc.Close()
+	compressed := &countingHash{Hash: sha256.New()}
+	zr, err := zstd.NewReader(io.TeeReader(ctxReader{ctx, rc}, compressed),
+		zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(MaxDecoderWindow), zstd.WithDecoderMaxMemory(MaxDecoderWindow))
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	uncompressed := sha256.New()
+	tr := tar.NewReader(io.TeeReader(zr, uncompressed))
+	nh := sha256.New()
+	nw := nix.NewNARWriter(nh)
+	base := nix.BaseName(info.Path)
+	var dirs []string
+	defer func() {
+		// Directories get their store mode and time last, deepest first,
+		// once nothing more is written into them.
+		for i := len(dirs) - 1; i >= 0 && err == nil; i-- {
+			if err = os.Chmod(dirs[i], modeDir); err == nil {
+				err = canonicalTime(dirs[i])
+			}
+		}
+	}()
+	for first := true; ; first = false {
+		th, err := tr.Next()
+		if err == io.EOF {
+			if first {
+				return fmt.Errorf("%w: empty layer", ErrLayerFormat)
+			}
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+		}
+		h, err := narHeader(base, th)
+		if err != nil {
+			return err
+		}
+		if err := nw.WriteHeader(h); err != nil {
+			return fmt.Errorf("%w: %v", ErrLayerFormat, err)
+		}
+		p := dst
+		if h.Path != "" {
+			p = filepath.Join(dst, filepath.FromSlash(h.Path))
+		}
+		// The NAR writer has checked that every parent is a directory
+		// this layer created, so p cannot leave dst.
+		switch h.Type {
+		case nix.TypeDirectory:
+			if err := os.Mkdir(p, 0o755); err != nil {
+				return err
+			}
+			dirs = append(dirs, p)
+		case nix.TypeSymlink:
+			if err := os.Symlink(h.LinkTarget, p); err != nil {
+				return err
+			}
+		case nix.TypeRegular:
+			if err := writeFile(p, h, io.TeeReader(tr, nw), fsync); err != nil {
+				return err
+			}
+		}
+		if h.Type != nix.TypeDirectory {
+			if err := canonicalTime(p); err != nil {
+				return err
+			}
+		}
+	}
+	if err := nw.Close(); err != nil {
+		return fmt.Errorf("%w: %v", ErrLayerFormat, err)
+	}
+	// Read to the end of the blob so its digest covers every byte.
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+	}
+	if _, err := io.Copy(io.Discard, io.TeeReader(ctxReader{ctx, rc}, compressed)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(compressed.Sum(nil)); got != desc.Digest.Hex || compressed.n != desc.Size {
+		return fmt.Errorf("%w: layer %s has %d bytes hashing to sha256:%s", ErrLayerDigest, desc.Digest, compressed.n, got)
+	}
+	if got := hex.EncodeToString(uncompressed.Sum(nil)); got != diffID.Hex {
+		return fmt.Errorf("%w: layer %s uncompresses to sha256:%s, config says %s", ErrLayerDigest, desc.Digest, got, diffID)
+	}
+	var sum nix.Hash
+	copy(sum[:], nh.Sum(nil))
+	return checkNar(info.Path, info, sum, nw.Size())
+}
+
+func writeFile(p string, h *nix.Header, r io.Reader, fsync bool) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := io.Copy(f, r)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+	}
+	if n != h.Size {
+		return fmt.Errorf("%w: %s: %d of %d bytes", ErrLayerDigest, p, n, h.Size)
+	}
+	mode := os.FileMode(modeRegular)
+	if h.Executable {
+		mode = modeExec
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if fsync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// canonicalTime sets p's modification time to 1, as Nix does in its store.
+func canonicalTime(p string) error {
+	ts := []unix.Timespec{{Sec: 1}, {Sec: 1}}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}

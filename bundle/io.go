@@ -1,0 +1,245 @@
+package bundle
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+type ioOptions struct {
+	keychain  authn.Keychain
+	transport http.RoundTripper
+	insecure  bool
+	jobs      int
+	progress  Progress
+	backoff   remote.Backoff
+}
+
+// IOOption configures reading and writing bundles.
+type IOOption func(*ioOptions) error
+
+// WithKeychain sets where registry credentials come from (default: the
+// Docker config and its credential helpers).
+func WithKeychain(k authn.Keychain) IOOption {
+	return func(o *ioOptions) error { o.keychain = k; return nil }
+}
+
+// WithTransport sets the HTTP transport to registries.
+func WithTransport(rt http.RoundTripper) IOOption {
+	return func(o *ioOptions) error { o.transport = rt; return nil }
+}
+
+// WithInsecure allows plain HTTP and unverified TLS to registries.
+func WithInsecure(insecure bool) IOOption {
+	return func(o *ioOptions) error { o.insecure = insecure; return nil }
+}
+
+// WithIOJobs sets how many blobs move at once (default 4).
+func WithIOJobs(n int) IOOption {
+	return func(o *ioOptions) error {
+		if n < 1 {
+			return fmt.Errorf("bundle: jobs %d < 1", n)
+		}
+		o.jobs = n
+		return nil
+	}
+}
+
+// WithIOProgress reports bytes moved.
+func WithIOProgress(p Progress) IOOption {
+	return func(o *ioOptions) error { o.progress = p; return nil }
+}
+
+// WithRetry sets how failed registry requests are retried: steps tries,
+// the first after initial, each wait factor times the one before.
+func WithRetry(steps int, initial time.Duration, factor float64) IOOption {
+	return func(o *ioOptions) error {
+		if steps < 1 || initial <= 0 || factor < 1 {
+			return fmt.Errorf("bundle: invalid retry %d×%v×%v", steps, initial, factor)
+		}
+		o.backoff = remote.Backoff{Steps: steps, Duration: initial, Factor: factor, Jitter: 0.1}
+		return nil
+	}
+}
+
+func makeIOOptions(opts []IOOption) (*ioOptions, error) {
+	o := &ioOptions{
+		keychain: authn.DefaultKeychain,
+		jobs:     max(4, runtime.GOMAXPROCS(0)),
+		backoff:  remote.Backoff{Steps: 5, Duration: time.Second, Factor: 2, Jitter: 0.1},
+	}
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+func (o *ioOptions) remote(ctx context.Context) []remote.Option {
+	rt := o.transport
+	if rt == nil {
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		if o.insecure {
+			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for with --insecure
+		}
+		rt = t
+	}
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(o.keychain),
+		remote.WithTransport(rt),
+		remote.WithJobs(o.jobs),
+		remote.WithRetryBackoff(o.backoff),
+		remote.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
+			http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
+	}
+}
+
+// ErrNotFound is returned when a reference names nothing.
+var ErrNotFound = errors.New("bundle: not found")
+
+// ErrUnauthorized is returned when a registry refuses the credentials.
+var ErrUnauthorized = errors.New("bundle: registry refused the credentials")
+
+// classify maps registry errors onto otter's sentinels.
+func classify(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+		case http.StatusNotFound:
+			return fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+	}
+	return err
+}
+
+// Open returns the bundle ref names. It checks that it is an otter bundle
+// with a valid config, but reads no layer.
+func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *Config, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	var img v1.Image
+	if ref.Remote != nil {
+		img, err = remote.Image(ref.Remote, o.remote(ctx)...)
+		err = classify(err)
+	} else {
+		img, err = openLayout(ref)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening %s: %w", ref, err)
+	}
+	cfg, err := ReadConfig(img)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening %s: %w", ref, err)
+	}
+	return img, cfg, nil
+}
+
+// ReadConfig checks that img is an otter bundle and returns its config.
+func ReadConfig(img v1.Image) (*Config, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, classify(err)
+	}
+	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
+		return nil, fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	}
+	if m.Config.Size > MaxConfigSize {
+		return nil, fmt.Errorf("%w: config of %d bytes", ErrConfig, m.Config.Size)
+	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, classify(err)
+	}
+	if h, _, _ := v1.SHA256(bytes.NewReader(raw)); h != m.Config.Digest {
+		return nil, fmt.Errorf("%w: config blob is %s, manifest says %s", ErrLayerDigest, h, m.Config.Digest)
+	}
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Layers) != len(cfg.Paths) {
+		return nil, fmt.Errorf("%w: %d layers for %d store paths", ErrConfig, len(m.Layers), len(cfg.Paths))
+	}
+	for i, l := range m.Layers {
+		if l.MediaType != LayerMediaType {
+			return nil, fmt.Errorf("%w: layer %d has media type %q", ErrNotBundle, i, l.MediaType)
+		}
+	}
+	return cfg, nil
+}
+
+// Write stores img at ref and returns the manifest's descriptor. A
+// registry receives only the blobs it lacks; a layout gets blobs first and
+// its index.json last, each replaced atomically, so neither ever names an
+// incomplete bundle.
+func Write(ctx context.Context, img v1.Image, ref Ref, opts ...IOOption) (v1.Descriptor, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if ref.Remote == nil {
+		return writeLayout(ctx, img, ref, o)
+	}
+	desc, err := descriptorOf(img)
+	if err != nil {
+		return desc, err
+	}
+	ropts := o.remote(ctx)
+	var updates chan v1.Update
+	done := make(chan struct{})
+	if o.progress != nil {
+		updates = make(chan v1.Update, 16)
+		ropts = append(ropts, remote.WithProgress(updates))
+		go func() {
+			defer close(done)
+			for u := range updates {
+				o.progress(u.Complete, u.Total)
+			}
+		}()
+	} else {
+		close(done)
+	}
+	err = remote.Write(ref.Remote, img, ropts...)
+	<-done
+	if err != nil {
+		return desc, fmt.Errorf("pushing to %s: %w", ref, classify(err))
+	}
+	return desc, nil
+}
+
+func descriptorOf(img v1.Image) (v1.Descriptor, error) {
+	d, err := img.Digest()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	n, err := img.Size()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return v1.Descriptor{MediaType: mt, Size: n, Digest: d, ArtifactType: m.ArtifactType}, nil
+}

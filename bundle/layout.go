@@ -1,0 +1,290 @@
+package bundle
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+)
+
+// refNameAnnotation names a manifest in an OCI layout's index.json.
+const refNameAnnotation = "org.opencontainers.image.ref.name"
+
+// openLayout finds the image ref names in its layout.
+func openLayout(ref Ref) (v1.Image, error) {
+	idx, err := layout.ImageIndexFromPath(ref.Layout)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: no OCI layout at %s", ErrNotFound, ref.Layout)
+		}
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var found []v1.Descriptor
+	var tags []string
+	for _, d := range im.Manifests {
+		tag := d.Annotations[refNameAnnotation]
+		tags = append(tags, tag)
+		switch {
+		case ref.Digest != nil && d.Digest == *ref.Digest,
+			ref.Tag != "" && tag == ref.Tag,
+			ref.Digest == nil && ref.Tag == "":
+			found = append(found, d)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return nil, fmt.Errorf("%w: %s (the layout has %s)", ErrNotFound, ref, strings.Join(tags, ", "))
+	case len(found) > 1 && ref.Tag == "" && ref.Digest == nil:
+		return nil, fmt.Errorf("%w: %s holds %d manifests; name one as oci:DIR:TAG (%s)", ErrRef, ref, len(found), strings.Join(tags, ", "))
+	}
+	if !found[0].MediaType.IsImage() {
+		return nil, fmt.Errorf("%w: %s is a %s", ErrNotBundle, ref, found[0].MediaType)
+	}
+	return idx.Image(found[0].Digest)
+}
+
+// writeLayout writes img into the layout ref names, under ref.Tag
+// (default "latest"), replacing what that tag named before.
+func writeLayout(ctx context.Context, img v1.Image, ref Ref, o *ioOptions) (v1.Descriptor, error) {
+	if ref.Digest != nil {
+		return v1.Descriptor{}, fmt.Errorf("%w: cannot write to a digest (%s); give a tag", ErrRef, ref)
+	}
+	tag := ref.Tag
+	if tag == "" {
+		tag = "latest"
+	}
+	dir := ref.Layout
+	desc, err := descriptorOf(img)
+	if err != nil {
+		return desc, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
+		return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	}
+	if err := ensureFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return desc, err
+	}
+	var total, done atomic.Int64
+	for _, l := range layers {
+		n, err := l.Size()
+		if err != nil {
+			return desc, err
+		}
+		total.Add(n)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	for _, l := range layers {
+		g.Go(func() error {
+			d, err := l.Digest()
+			if err != nil {
+				return err
+			}
+			n, err := l.Size()
+			if err != nil {
+				return err
+			}
+			err = writeBlob(gctx, dir, d, n, l.Compressed)
+			if o.progress != nil {
+				o.progress(done.Add(n), total.Load())
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		return desc, err
+	}
+	cfgName, err := img.ConfigName()
+	if err != nil {
+		return desc, err
+	}
+	rawManifest, err := img.RawManifest()
+	if err != nil {
+		return desc, err
+	}
+	for _, b := range []struct {
+		h   v1.Hash
+		raw []byte
+	}{{cfgName, rawCfg}, {desc.Digest, rawManifest}} {
+		open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.raw)), nil }
+		if err := writeBlob(ctx, dir, b.h, int64(len(b.raw)), open); err != nil {
+			return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+		}
+	}
+	tagged := desc
+	tagged.Annotations = map[string]string{refNameAnnotation: tag}
+	if err := updateIndex(dir, tag, tagged); err != nil {
+		return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	}
+	return desc, nil
+}
+
+// writeBlob stores a blob under its digest, unless a blob with that
+// digest and size is there and hashes right. The content goes to a
+// temporary file, is checked against the digest, synced and renamed.
+func writeBlob(ctx context.Context, dir string, h v1.Hash, size int64, open func() (io.ReadCloser, error)) error {
+	if h.Algorithm != "sha256" {
+		return fmt.Errorf("blob %s: only sha256 digests are supported", h)
+	}
+	final := filepath.Join(dir, "blobs", "sha256", h.Hex)
+	if fi, err := os.Stat(final); err == nil && fi.Size() == size {
+		if got, err := hashFile(final); err == nil && got == h.Hex {
+			return nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rc, err := open()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(final), ".tmp-"+h.Hex[:12]+"-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	d := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, d), ctxReader{ctx, rc})
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", h, err)
+	}
+	if got := hex.EncodeToString(d.Sum(nil)); got != h.Hex || n != size {
+		return fmt.Errorf("%w: blob %s has %d bytes hashing to sha256:%s", ErrLayerDigest, h, n, got)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("blob %s: %w", h, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("blob %s: %w", h, err)
+	}
+	return os.Rename(tmp.Name(), final)
+}
+
+func hashFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	d := sha256.New()
+	if _, err := io.Copy(d, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(d.Sum(nil)), nil
+}
+
+// updateIndex points tag at desc in the layout's index.json, replacing the
+// file atomically.
+func updateIndex(dir, tag string, desc v1.Descriptor) error {
+	p := filepath.Join(dir, "index.json")
+	im := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
+	if raw, err := os.ReadFile(p); err == nil {
+		if err := json.Unmarshal(raw, &im); err != nil {
+			return fmt.Errorf("reading %s: %w", p, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	kept := im.Manifests[:0]
+	for _, d := range im.Manifests {
+		if d.Annotations[refNameAnnotation] != tag {
+			kept = append(kept, d)
+		}
+	}
+	im.Manifests = append(kept, desc)
+	sort.SliceStable(im.Manifests, func(i, j int) bool {
+		return im.Manifests[i].Annotations[refNameAnnotation] < im.Manifests[j].Annotations[refNameAnnotation]
+	})
+	raw, err := json.Marshal(im)
+	if err != nil {
+		return err
+	}
+	return atomicWrite(p, raw)
+}
+
+// ensureFile writes p with content unless it already exists.
+func ensureFile(p string, content []byte) error {
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	return atomicWrite(p, content)
+}
+
+// atomicWrite replaces p with content: a temporary file, synced, renamed,
+// and the directory synced.
+func atomicWrite(p string, content []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if _, err := tmp.Write(content); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ctxReader stops reading once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
+}

@@ -1,0 +1,173 @@
+// Package testutil holds what otter's tests share: the release corpus, the
+// demo closure on disk, registries, and read-only store trees.
+package testutil
+
+import (
+	"io/fs"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/otter-fleet/otter/internal/demo"
+	"github.com/otter-fleet/otter/nix"
+)
+
+// Require skips the test when a dependency is missing, or fails it where
+// everything must run: under CI (CI set) or with OTTER_REQUIRE_ALL set.
+func Require(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") != "" || os.Getenv("OTTER_REQUIRE_ALL") != "" {
+		t.Fatalf("%s is missing; run the tests through `go tool task test`, which sets it up", what)
+	}
+	t.Skipf("%s is missing; `go tool task test` sets it up", what)
+}
+
+// Tool returns the path of a command-line tool: from .bin at the
+// repository root (where the setup builds pinned tools) or PATH.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if root, err := RepoRoot(); err == nil {
+		p := filepath.Join(root, ".bin", name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	p, err := exec.LookPath(name)
+	Require(t, err == nil, "the tool "+name)
+	return p
+}
+
+// RepoRoot finds the directory holding go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fs.ErrNotExist
+		}
+		dir = parent
+	}
+}
+
+// Corpus returns the directory of a corpus release made by
+// ../shared/corpus/generate.py, found through OTTER_CORPUS.
+func Corpus(t testing.TB, release string) string {
+	t.Helper()
+	base := os.Getenv("OTTER_CORPUS")
+	dir := filepath.Join(base, release)
+	_, err := os.Stat(filepath.Join(dir, "path-info.json"))
+	Require(t, base != "" && err == nil, "the corpus release "+release+" (OTTER_CORPUS)")
+	return dir
+}
+
+// CorpusClosure reads a corpus release's closure and returns it with the
+// release's store directory.
+func CorpusClosure(t testing.TB, release string) (*nix.Closure, string) {
+	t.Helper()
+	dir := Corpus(t, release)
+	data, err := os.ReadFile(filepath.Join(dir, "path-info.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.ReadFile(filepath.Join(dir, "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := nix.ParsePathInfo(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nix.NewClosure(strings.TrimSpace(string(root)), infos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, filepath.Join(dir, "nix", "store")
+}
+
+// TempStore returns an empty directory that is removed after the test even
+// when it holds read-only store paths.
+func TempStore(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "otter-store-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { RemoveAll(dir) })
+	return dir
+}
+
+// RemoveAll removes a tree, read-only directories included.
+func RemoveAll(dir string) {
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+	_ = os.RemoveAll(dir)
+}
+
+// DemoStore writes the demo closure into a new store directory.
+func DemoStore(t testing.TB) (*nix.Closure, string) {
+	t.Helper()
+	store := TempStore(t)
+	if err := demo.Write(store); err != nil {
+		t.Fatal(err)
+	}
+	c, err := demo.Closure()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, store
+}
+
+// Registry starts go-containerregistry's in-process registry and returns
+// its host:port.
+func Registry(t testing.TB, opts ...registry.Option) string {
+	t.Helper()
+	s := httptest.NewServer(registry.New(append([]registry.Option{registry.Logger(discardLogger())}, opts...)...))
+	t.Cleanup(s.Close)
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// RealRegistry returns the host:port of the docker-registry process the
+// test task starts on loopback (OTTER_TEST_REGISTRY).
+func RealRegistry(t testing.TB) string {
+	t.Helper()
+	host := os.Getenv("OTTER_TEST_REGISTRY")
+	Require(t, host != "", "a docker-registry on loopback (OTTER_TEST_REGISTRY)")
+	return host
+}
+
+// VerifyStore checks that every path of c is in store with its NAR hash.
+func VerifyStore(t testing.TB, c *nix.Closure, store string) {
+	t.Helper()
+	for _, p := range c.Paths {
+		h, n, err := nix.HashPath(filepath.Join(store, nix.BaseName(p.Path)))
+		if err != nil {
+			t.Fatalf("%s: %v", p.Path, err)
+		}
+		if h != p.NarHash || n != p.NarSize {
+			t.Fatalf("%s: NAR hash %s size %d, want %s size %d", p.Path, h, n, p.NarHash, p.NarSize)
+		}
+	}
+}
