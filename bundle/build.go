@@ -125,7 +125,7 @@ func Build(ctx context.Context, c *nix.Closure, storeDir string, opts ...BuildOp
 			return nil, fmt.Errorf("reading %s: %w", p.Path, err)
 		}
 	}
-	spool, err := os.MkdirTemp(o.spool, "otter-bundle-")
+	spool, err := os.MkdirTemp(o.spool, ".otter-spool-")
 	if err != nil {
 		return nil, fmt.Errorf("creating spool directory: %w", err)
 	}

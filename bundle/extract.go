@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/otter-fleet/otter/internal/fsutil"
+
 	"github.com/otter-fleet/otter/nix"
 )
 
@@ -149,7 +151,7 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(tmpDir)
+	defer fsutil.RemoveAll(tmpDir)
 	staged := filepath.Join(tmpDir, base)
 	if err := unpackLayer(ctx, layer, desc, diffID, info, staged, o.fsync); err != nil {
 		return "", fmt.Errorf("extracting %s: %w", info.Path, err)
@@ -159,27 +161,16 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 		if err := os.Rename(final, filepath.Join(tmpDir, "corrupt")); err != nil {
 			return "", err
 		}
-		makeWritable(filepath.Join(tmpDir, "corrupt"))
 	}
 	if err := os.Rename(staged, final); err != nil {
 		return "", err
 	}
 	if o.fsync {
-		if err := syncDir(storeDir); err != nil {
+		if err := fsutil.SyncDir(storeDir); err != nil {
 			return "", err
 		}
 	}
 	return status, nil
-}
-
-// makeWritable lets RemoveAll delete a read-only store tree.
-func makeWritable(root string) {
-	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(p, 0o755)
-		}
-		return nil
-	})
 }
 
 // unpackLayer unpacks one layer into dst and checks it. On error, dst may

@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/otter-fleet/otter/internal/fsutil"
 )
 
 // refNameAnnotation names a manifest in an OCI layout's index.json.
@@ -229,7 +231,7 @@ func updateIndex(dir, tag string, desc v1.Descriptor) error {
 	if err != nil {
 		return err
 	}
-	return atomicWrite(p, raw)
+	return fsutil.AtomicWrite(p, raw, 0o644)
 }
 
 // ensureFile writes p with content unless it already exists.
@@ -237,43 +239,7 @@ func ensureFile(p string, content []byte) error {
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	return atomicWrite(p, content)
-}
-
-// atomicWrite replaces p with content: a temporary file, synced, renamed,
-// and the directory synced.
-func atomicWrite(p string, content []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	if _, err := tmp.Write(content); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(p))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.AtomicWrite(p, content, 0o644)
 }
 
 // ctxReader stops reading once ctx is done.

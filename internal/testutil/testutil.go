@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/otter-fleet/otter/internal/demo"
+	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
 )
 
@@ -112,15 +113,7 @@ func TempStore(t testing.TB) string {
 }
 
 // RemoveAll removes a tree, read-only directories included.
-func RemoveAll(dir string) {
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(p, 0o755)
-		}
-		return nil
-	})
-	_ = os.RemoveAll(dir)
-}
+func RemoveAll(dir string) { _ = fsutil.RemoveAll(dir) }
 
 // DemoStore writes the demo closure into a new store directory.
 func DemoStore(t testing.TB) (*nix.Closure, string) {

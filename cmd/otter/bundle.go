@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/nix"
+)
+
+func registryFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "insecure", Usage: "allow plain HTTP and unverified TLS to the registry"},
+		&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "how many blobs or store paths to work on at once (default: CPUs, at least 4 for transfers)"},
+	}
+}
+
+func ioOptions(c *cli.Context, progress bundle.Progress) ([]bundle.IOOption, error) {
+	opts := []bundle.IOOption{bundle.WithInsecure(c.Bool("insecure"))}
+	if c.IsSet("jobs") {
+		opts = append(opts, bundle.WithIOJobs(c.Int("jobs")))
+	}
+	if progress != nil {
+		opts = append(opts, bundle.WithIOProgress(progress))
+	}
+	return opts, nil
+}
+
+func parseRef(c *cli.Context, s string) (bundle.Ref, error) {
+	return bundle.ParseRef(s, c.Bool("insecure"))
+}
+
+type bundleOpts struct {
+	root, storeDir, pathInfo, out, system string
+	version                               uint64
+	created                               time.Time
+	jobs                                  int
+}
+
+// bundleResult is the --json output of otter bundle.
+type bundleResult struct {
+	Reference      string  `json:"reference"`
+	Digest         v1.Hash `json:"digest"`
+	MediaType      string  `json:"mediaType"`
+	Size           int64   `json:"size"`
+	ArtifactType   string  `json:"artifactType"`
+	Root           string  `json:"root"`
+	System         string  `json:"system"`
+	Version        uint64  `json:"version"`
+	Paths          int     `json:"paths"`
+	NarSize        int64   `json:"narSize"`
+	CompressedSize int64   `json:"compressedSize"`
+}
+
+func bundleCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "bundle",
+		Usage:     "pack a Nix closure into a reproducible OCI artifact",
+		ArgsUsage: "ROOT",
+		Description: `ROOT is a store path. Without --store-dir, otter asks Nix for its closure
+(nix path-info --json --recursive) and reads the files from /nix/store. With
+--store-dir DIR and --path-info FILE, it reads a store tree on disk: DIR holds
+the store paths (or DIR/nix/store does), FILE is what nix path-info printed.
+
+Every store path's NAR hash is recomputed and checked before the bundle is
+written. The bundle is byte-identical for the same closure; file times and the
+creation time are 0 unless SOURCE_DATE_EPOCH is set.`,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Required: true, Usage: "where to put the bundle: oci:DIR[:TAG] or HOST/REPO:TAG"},
+			&cli.StringFlag{Name: "store-dir", Usage: "read store paths from DIR instead of the Nix store"},
+			&cli.StringFlag{Name: "path-info", Usage: "the closure's path-info JSON (with --store-dir)"},
+			&cli.StringFlag{Name: "system", Value: "aarch64-linux", Usage: "the target system recorded in the bundle"},
+			&cli.Uint64Flag{Name: "release-version", Usage: "the release version recorded in the bundle (monotonically increasing)"},
+		}, registryFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("bundle takes one store path, got %d arguments", c.NArg())
+			}
+			o := bundleOpts{
+				root: c.Args().First(), storeDir: c.String("store-dir"), pathInfo: c.String("path-info"),
+				out: c.String("out"), system: c.String("system"), version: c.Uint64("release-version"), jobs: c.Int("jobs"),
+			}
+			var err error
+			if o.created, err = sourceDateEpoch(); err != nil {
+				return err
+			}
+			if (o.storeDir == "") != (o.pathInfo == "") {
+				return usageErrorf("--store-dir and --path-info go together")
+			}
+			u := newUI(c)
+			ref, err := parseRef(c, o.out)
+			if err != nil {
+				return err
+			}
+			res, err := runBundle(c.Context, c, u, o, ref)
+			if err != nil {
+				return err
+			}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "%s\n  %d store paths, %s of NAR, %s compressed\n  digest %s\n",
+					res.Reference, res.Paths, humanBytes(res.NarSize), humanBytes(res.CompressedSize), res.Digest)
+			})
+		},
+	}
+}
+
+// sourceDateEpoch reads SOURCE_DATE_EPOCH (reproducible-builds.org).
+func sourceDateEpoch() (time.Time, error) {
+	s, ok := os.LookupEnv("SOURCE_DATE_EPOCH")
+	if !ok || s == "" {
+		return time.Unix(0, 0).UTC(), nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return time.Time{}, usageErrorf("SOURCE_DATE_EPOCH=%q is not a non-negative number of seconds", s)
+	}
+	return time.Unix(n, 0).UTC(), nil
+}
+
+// loadClosure reads the closure from a store tree or from Nix, and
+// returns it with the directory its store paths are in.
+func loadClosure(ctx context.Context, root, storeDir, pathInfo string) (*nix.Closure, string, error) {
+	if err := nix.ValidateStorePath(root); err != nil {
+		return nil, "", usageErrorf("%v", err)
+	}
+	var infos []nix.PathInfo
+	if storeDir == "" {
+		var err error
+		if infos, err = nix.QueryClosure(ctx, root); err != nil {
+			return nil, "", err
+		}
+		storeDir = nix.StoreDir
+	} else {
+		data, err := os.ReadFile(pathInfo)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading path-info: %w", err)
+		}
+		if infos, err = nix.ParsePathInfo(data); err != nil {
+			return nil, "", fmt.Errorf("%s: %w", pathInfo, err)
+		}
+		// A store tree (DIR/nix/store/...) as well as a store directory.
+		if _, err := os.Lstat(filepath.Join(storeDir, nix.BaseName(root))); err != nil {
+			if _, err2 := os.Stat(filepath.Join(storeDir, "nix", "store")); err2 == nil {
+				storeDir = filepath.Join(storeDir, "nix", "store")
+			}
+		}
+	}
+	c, err := nix.NewClosure(root, infos)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, storeDir, nil
+}
+
+func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref bundle.Ref) (*bundleResult, error) {
+	closure, storeDir, err := loadClosure(ctx, o.root, o.storeDir, o.pathInfo)
+	if err != nil {
+		return nil, err
+	}
+	u.log.Debug("closure", "root", closure.Root, "paths", len(closure.Paths), "store", storeDir)
+	progress, finish := u.bar("packing")
+	opts := []bundle.BuildOption{bundle.WithSystem(o.system), bundle.WithVersion(o.version), bundle.WithCreated(o.created), bundle.WithProgress(progress)}
+	if o.jobs > 0 {
+		opts = append(opts, bundle.WithJobs(o.jobs))
+	}
+	if ref.Remote == nil {
+		// Spool beside the layout, so the final copy stays on one file system.
+		if err := os.MkdirAll(ref.Layout, 0o755); err != nil {
+			return nil, err
+		}
+		opts = append(opts, bundle.WithSpoolDir(ref.Layout))
+	}
+	b, err := bundle.Build(ctx, closure, storeDir, opts...)
+	finish()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	progress, finish = u.bar("writing")
+	iopts, err := ioOptions(c, progress)
+	if err != nil {
+		return nil, err
+	}
+	desc, err := bundle.Write(ctx, b, ref, iopts...)
+	finish()
+	if err != nil {
+		return nil, err
+	}
+	res := &bundleResult{
+		Reference: ref.String(), Digest: desc.Digest, MediaType: string(desc.MediaType), Size: desc.Size,
+		ArtifactType: bundle.ArtifactType, Root: closure.Root, System: b.Config.System, Version: b.Config.Version,
+		Paths: len(closure.Paths), NarSize: closure.NarSize(),
+	}
+	m, err := b.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range m.Layers {
+		res.CompressedSize += l.Size
+	}
+	return res, nil
+}

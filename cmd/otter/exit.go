@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/nix"
+)
+
+// Exit codes. docs/cli.md documents them; keep the two in step.
+const (
+	exitOK          = 0
+	exitError       = 1   // anything not listed below
+	exitUsage       = 2   // bad flags, arguments or references
+	exitInvalid     = 3   // input that otter refuses: NAR hash mismatch, closure not closed, missing store path, not a bundle
+	exitNotFound    = 4   // the reference names nothing
+	exitRegistry    = 5   // the registry refused the credentials
+	exitIntegrity   = 6   // stored content does not match its digest: a tampered or truncated blob, a corrupt store path
+	exitInterrupted = 130 // interrupted (Ctrl-C or SIGTERM)
+)
+
+var errInterrupted = errors.New("interrupted")
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// exitCode maps an error to otter's exit code: the one place that does.
+func exitCode(err error) int {
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errInterrupted), errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef):
+		return exitUsage
+	case errors.Is(err, bundle.ErrLayerDigest), errors.Is(err, bundle.ErrCorruptPath), errors.Is(err, bundle.ErrLayerFormat):
+		return exitIntegrity
+	case errors.Is(err, bundle.ErrNarHashMismatch), errors.Is(err, nix.ErrNotClosed), errors.Is(err, nix.ErrNotInClosure),
+		errors.Is(err, bundle.ErrMissingPath), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, bundle.ErrConfig),
+		errors.Is(err, nix.ErrStorePath), errors.Is(err, nix.ErrHashFormat):
+		return exitInvalid
+	case errors.Is(err, bundle.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, bundle.ErrUnauthorized):
+		return exitRegistry
+	}
+	return exitError
+}
+
+// errorResult is the JSON printed on stdout for a failure under --json.
+type errorResult struct {
+	Error    string `json:"error"`
+	ExitCode int    `json:"exitCode"`
+}
+
+func reportError(stdout, stderr io.Writer, args []string, err error, code int) {
+	fmt.Fprintf(stderr, "otter: %v\n", err)
+	if slices.Contains(args, "--json") {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(errorResult{Error: err.Error(), ExitCode: code})
+	}
+}

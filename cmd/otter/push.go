@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/bundle"
+)
+
+// pushResult is the --json output of otter push.
+type pushResult struct {
+	Source      string  `json:"source"`
+	Destination string  `json:"destination"`
+	Digest      v1.Hash `json:"digest"`
+	Size        int64   `json:"size"`
+}
+
+func pushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "push",
+		Usage:     "copy a bundle between OCI layouts and registries",
+		ArgsUsage: "SRC DST",
+		Description: `SRC and DST are oci:DIR[:TAG] or HOST/REPO:TAG. Only the blobs DST lacks are
+copied; the manifest is written last, so DST never names a partial bundle.`,
+		Flags: registryFlags(),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return usageErrorf("push takes SRC and DST, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			src, err := parseRef(c, c.Args().Get(0))
+			if err != nil {
+				return err
+			}
+			dst, err := parseRef(c, c.Args().Get(1))
+			if err != nil {
+				return err
+			}
+			ropts, err := ioOptions(c, nil)
+			if err != nil {
+				return err
+			}
+			img, cfg, err := bundle.Open(c.Context, src, ropts...)
+			if err != nil {
+				return err
+			}
+			progress, finish := u.bar("pushing")
+			wopts, _ := ioOptions(c, progress)
+			desc, err := bundle.Write(c.Context, img, dst, wopts...)
+			finish()
+			if err != nil {
+				return err
+			}
+			res := pushResult{Source: src.String(), Destination: dst.String(), Digest: desc.Digest, Size: desc.Size}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "%s -> %s\n  %s (%d store paths, root %s)\n", res.Source, res.Destination, res.Digest, len(cfg.Paths), cfg.Root)
+			})
+		},
+	}
+}
