@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"fmt"
 	"io/fs"
 	"net/http/httptest"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -149,6 +151,13 @@ func RealRegistry(t testing.TB) string {
 	host := os.Getenv("OTTER_TEST_REGISTRY")
 	Require(t, host != "", "a docker-registry on loopback (OTTER_TEST_REGISTRY)")
 	return host
+}
+
+var repoCounter atomic.Int64
+
+// Repository returns a repository name no other test of this run uses.
+func Repository(t testing.TB) string {
+	return fmt.Sprintf("otter-test/%d-%d", os.Getpid(), repoCounter.Add(1))
 }
 
 // VerifyStore checks that every path of c is in store with its NAR hash.

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs what otter's tests and benchmarks need on Debian 12, idempotently:
+# Debian packages (with the arm64 architecture for the release corpus), Nix
+# settings for sandboxed cross-builds. Safe to run again: it changes only
+# what is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: run as root or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
+
+packages=(
+  docker-registry   # a real OCI registry on loopback for the tests
+  skopeo            # interop: a standard client pulls a bundle
+  nix-bin           # real Nix: path-info, nix-store --dump, builds
+  busybox-static    # a builder for test derivations that needs no nixpkgs
+  qemu-user-static  # aarch64 emulation
+  patchelf          # the release corpus generator
+  zstd xz-utils     # benchmark baselines
+  ca-certificates git python3
+)
+
+updated=0
+apt_update() {
+  if [ "$updated" = 0 ]; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    updated=1
+  fi
+}
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "setup: adding the arm64 architecture (the corpus uses arm64 Debian packages)"
+  $SUDO dpkg --add-architecture arm64
+  apt_update
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nix: single-user as root, sandboxed builds, no substituters (nothing outside
+# is reachable), aarch64 through binfmt.
+conf=/etc/nix/nix.conf
+want=(
+  "build-users-group = nixbld"
+  "sandbox = true"
+  "substituters ="
+  "extra-platforms = aarch64-linux"
+  "experimental-features = nix-command flakes"
+)
+$SUDO mkdir -p /etc/nix
+$SUDO touch "$conf"
+for line in "${want[@]}"; do
+  key=${line%% =*}
+  if ! grep -qxF "$line" "$conf"; then
+    tmp=$(mktemp)
+    grep -v "^${key} *=" "$conf" > "$tmp" || true
+    echo "$line" >> "$tmp"
+    $SUDO install -m 0644 "$tmp" "$conf"
+    rm -f "$tmp"
+  fi
+done
+if ! getent group nixbld >/dev/null; then
+  echo "setup: creating the nixbld group and build users"
+  $SUDO groupadd -r nixbld
+  for i in $(seq 1 8); do
+    $SUDO useradd -r -g nixbld -G nixbld -d /var/empty -s /usr/sbin/nologin "nixbld$i" 2>/dev/null || true
+  done
+fi
