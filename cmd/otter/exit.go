@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/nix"
@@ -40,7 +41,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errInterrupted), errors.Is(err, context.Canceled):
 		return exitInterrupted
-	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef):
+	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef), strings.HasPrefix(err.Error(), "Required flag"):
 		return exitUsage
 	case errors.Is(err, bundle.ErrLayerDigest), errors.Is(err, bundle.ErrCorruptPath), errors.Is(err, bundle.ErrLayerFormat):
 		return exitIntegrity
