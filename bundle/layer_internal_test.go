@@ -67,7 +67,9 @@ func craftedBundle(t *testing.T, entries []*tar.Header, body map[string]string) 
 
 func TestExtractRefusesMaliciousLayers(t *testing.T) {
 	base := "nix/store/" + nix.BaseName(evilPath)
-	dir := func(name string) *tar.Header { return &tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o555} }
+	dir := func(name string) *tar.Header {
+		return &tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o555}
+	}
 	reg := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o444} }
 	for _, tc := range []struct {
 		name    string

@@ -1,0 +1,234 @@
+// Command bench measures otter on the release corpus and prints markdown
+// tables; with -write it also replaces the generated sections of
+// docs/benchmarks.md. Run it as `go tool task bench`, which generates the
+// corpus and sets OTTER_CORPUS.
+//
+// Each command runs as its own process, -runs times after one warm-up run
+// (the page cache is warm for every contender alike); the table gives the
+// median wall time and the largest peak RSS (wait4's ru_maxrss, which
+// covers the children of a shell pipeline).
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type measurement struct {
+	wall   time.Duration
+	maxRSS int64 // bytes
+}
+
+func measure(name string, args ...string) (measurement, error) {
+	cmd := exec.Command(name, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return measurement{}, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return measurement{wall: time.Since(start), maxRSS: ru.Maxrss * 1024}, nil
+}
+
+// repeat runs setup then the command, runs+1 times, dropping the first.
+func repeat(runs int, setup func(), name string, args ...string) (measurement, error) {
+	var walls []time.Duration
+	var rss int64
+	for i := 0; i <= runs; i++ {
+		setup()
+		m, err := measure(name, args...)
+		if err != nil {
+			return m, err
+		}
+		if i == 0 {
+			continue
+		}
+		walls = append(walls, m.wall)
+		rss = max(rss, m.maxRSS)
+	}
+	sort.Slice(walls, func(i, j int) bool { return walls[i] < walls[j] })
+	return measurement{wall: walls[len(walls)/2], maxRSS: rss}, nil
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func main() {
+	runs := flag.Int("runs", 3, "measured runs of each command")
+	release := flag.String("release", "r1", "corpus release to bundle")
+	write := flag.String("write", "", "replace the generated sections of this markdown file")
+	flag.Parse()
+	if err := run(*runs, *release, *write); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(runs int, release, write string) error {
+	corpus := os.Getenv("OTTER_CORPUS")
+	if corpus == "" {
+		return fmt.Errorf("OTTER_CORPUS is not set (run it as `go tool task bench`)")
+	}
+	dir := filepath.Join(corpus, release)
+	rootBytes, err := os.ReadFile(filepath.Join(dir, "root"))
+	if err != nil {
+		return err
+	}
+	root := strings.TrimSpace(string(rootBytes))
+	work, err := os.MkdirTemp("", "otter-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	otter := filepath.Join(work, "otter")
+	if out, err := exec.Command("go", "build", "-o", otter, "./cmd/otter").CombinedOutput(); err != nil {
+		return fmt.Errorf("building otter: %v\n%s", err, out)
+	}
+	layout := filepath.Join(work, "layout")
+	store := filepath.Join(work, "store")
+	tarOut := filepath.Join(work, "closure.tar.zst")
+	clean := func(p string) func() {
+		return func() { exec.Command("rm", "-rf", p).Run() }
+	}
+
+	bundleM, err := repeat(runs, clean(layout), otter, "bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), root, "--out", "oci:"+layout+":"+release)
+	if err != nil {
+		return err
+	}
+	bundleBytes := dirSize(filepath.Join(layout, "blobs"))
+	pipeline := fmt.Sprintf("tar --sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner -C %s -cf - nix/store | zstd -q -T0 -3 > %s", dir, tarOut)
+	tarM, err := repeat(runs, clean(tarOut), "sh", "-c", pipeline)
+	if err != nil {
+		return err
+	}
+	tarBytes := fileSize(tarOut)
+	extractM, err := repeat(runs, clean(store), otter, "extract", "-q", "oci:"+layout+":"+release, store)
+	if err != nil {
+		return err
+	}
+	untar := fmt.Sprintf("mkdir -p %s && zstd -q -d -c %s | tar -x -C %s", store, tarOut, store)
+	untarM, err := repeat(runs, clean(store), "sh", "-c", untar)
+	if err != nil {
+		return err
+	}
+	clean(store)()
+
+	var t strings.Builder
+	fmt.Fprintf(&t, "Corpus release `%s` (%s of NAR), %d runs after a warm-up, median wall time, largest peak RSS; %d CPUs, %s.\n\n",
+		release, mib(narSize(dir)), runs, runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(&t, "| step | command | wall time | peak RSS | output |\n| --- | --- | ---: | ---: | ---: |\n")
+	row := func(step, cmd string, m measurement, out int64) {
+		fmt.Fprintf(&t, "| %s | %s | %.2f s | %s | %s |\n", step, cmd, m.wall.Seconds(), mib(m.maxRSS), outSize(out))
+	}
+	row("pack", "`otter bundle` (NAR hashes checked, OCI layout written)", bundleM, bundleBytes)
+	row("pack", "`tar --sort=name … \\| zstd -T0 -3` (baseline)", tarM, tarBytes)
+	row("unpack", "`otter extract` (digests and NAR hashes checked, fsync)", extractM, 0)
+	row("unpack", "`zstd -d \\| tar -x` (baseline)", untarM, 0)
+	fmt.Fprintf(&t, "\n`otter bundle` / baseline wall time: **%.2f×** (goal ≤ 1.2×).\n", bundleM.wall.Seconds()/tarM.wall.Seconds())
+	table := t.String()
+	fmt.Print(table)
+	gobench, err := goBench()
+	if err != nil {
+		return err
+	}
+	fmt.Print("\n" + gobench)
+	if write != "" {
+		if err := replaceSection(write, "bundle", table); err != nil {
+			return err
+		}
+		return replaceSection(write, "gobench", gobench)
+	}
+	return nil
+}
+
+// goBench runs the bundle package's Go benchmarks and returns their lines.
+func goBench() (string, error) {
+	out, err := exec.Command("go", "test", "./bundle", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", "3x").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go test -bench: %v\n%s", err, out)
+	}
+	var b strings.Builder
+	b.WriteString("```\n")
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "Benchmark") || strings.HasPrefix(l, "cpu:") {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("```\n")
+	return b.String(), nil
+}
+
+func narSize(dir string) int64 {
+	data, err := os.ReadFile(filepath.Join(dir, "path-info.json"))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, f := range strings.Split(string(data), "\"narSize\":") {
+		var v int64
+		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%d", &v); err == nil {
+			n += v
+		}
+	}
+	return n
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func outSize(n int64) string {
+	if n == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%s B", commas(n))
+}
+
+func commas(n int64) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// replaceSection replaces the text between <!-- bench:NAME --> and
+// <!-- /bench:NAME --> in the markdown file p.
+func replaceSection(p, name, body string) error {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	open, end := "<!-- bench:"+name+" -->", "<!-- /bench:"+name+" -->"
+	s := string(data)
+	i, j := strings.Index(s, open), strings.Index(s, end)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no %s … %s section", p, open, end)
+	}
+	s = s[:i+len(open)] + "\n" + body + s[j:]
+	return os.WriteFile(p, []byte(s), 0o644)
+}
