@@ -332,3 +332,28 @@ func TestReorderArgs(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }
+
+// TestProgressOnTerminal runs otter under script(1), which gives it a
+// terminal: the progress bar is drawn there, and not with --json.
+func TestProgressOnTerminal(t *testing.T) {
+	script, err := exec.LookPath("script")
+	testutil.Require(t, err == nil, "script (util-linux)")
+	bin := filepath.Join(t.TempDir(), "otter")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	store, pathInfo := demoTree(t)
+	for _, tc := range []struct {
+		extra string
+		want  bool
+	}{{"", true}, {"--json", false}, {"-q", false}} {
+		cmdline := bin + " bundle --store-dir " + store + " --path-info " + pathInfo + " " + demo.Root + " --out oci:" + t.TempDir() + " " + tc.extra
+		out, err := exec.Command(script, "-qec", cmdline, "/dev/null").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmdline, err, out)
+		}
+		if got := strings.Contains(string(out), "packing"); got != tc.want {
+			t.Errorf("%q: progress drawn = %v, want %v\n%q", tc.extra, got, tc.want, out)
+		}
+	}
+}
