@@ -38,13 +38,18 @@ func digest(t testing.TB, img v1.Image) v1.Hash {
 	return d
 }
 
-func layoutRef(t testing.TB, dir, tag string) bundle.Ref {
+func mustRef(t testing.TB, s string) bundle.Ref {
 	t.Helper()
-	r, err := bundle.ParseRef("oci:"+dir+":"+tag, false)
+	r, err := bundle.ParseRef(s, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+func layoutRef(t testing.TB, dir, tag string) bundle.Ref {
+	t.Helper()
+	return mustRef(t, "oci:"+dir+":"+tag)
 }
 
 func TestDemoRoundTrip(t *testing.T) {

@@ -33,15 +33,6 @@ func serve(t *testing.T, h http.Handler) string {
 	return u.Host
 }
 
-func mustRef(t *testing.T, s string) bundle.Ref {
-	t.Helper()
-	r, err := bundle.ParseRef(s, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
 // bigClosure makes a one-path closure holding an incompressible file of n bytes.
 func bigClosure(t *testing.T, n int) (*nix.Closure, string) {
 	store := testutil.TempStore(t)

@@ -69,17 +69,7 @@ func lineDiff(want, got string) string {
 }
 
 func FuzzParseConfig(f *testing.F) {
-	seeds, err := filepath.Glob(filepath.Join("..", "testdata", "bundle", "*config*.json"))
-	if err != nil || len(seeds) == 0 {
-		f.Fatalf("no seed configs in testdata/bundle (%v)", err)
-	}
-	for _, s := range seeds {
-		data, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
+	testutil.AddSeeds(f, filepath.Join("..", "testdata", "bundle", "*config*.json"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := bundle.ParseConfig(data)
 		if err != nil {

@@ -69,13 +69,7 @@ var sinks = []struct {
 // the docker-registry do not see each other.
 func remoteRefs(t *testing.T, host string) func(string) bundle.Ref {
 	repo := testutil.Repository(t)
-	return func(tag string) bundle.Ref {
-		r, err := bundle.ParseRef(host+"/"+repo+":"+tag, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
+	return func(tag string) bundle.Ref { return mustRef(t, host+"/"+repo+":"+tag) }
 }
 
 func TestSinks(t *testing.T) {

@@ -1,25 +1,15 @@
 package nix_test
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
 )
 
 func FuzzParsePathInfo(f *testing.F) {
-	seeds, err := filepath.Glob(filepath.Join("..", "testdata", "nix", "pathinfo-*.json"))
-	if err != nil || len(seeds) == 0 {
-		f.Fatalf("no seed path-info files in testdata/nix (%v)", err)
-	}
-	for _, s := range seeds {
-		data, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
+	testutil.AddSeeds(f, filepath.Join("..", "testdata", "nix", "pathinfo-*.json"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		infos, err := nix.ParsePathInfo(data)
 		if err != nil {

@@ -23,7 +23,7 @@ func registryFlags() []cli.Flag {
 	}
 }
 
-func ioOptions(c *cli.Context, progress bundle.Progress) ([]bundle.IOOption, error) {
+func ioOptions(c *cli.Context, progress bundle.Progress) []bundle.IOOption {
 	opts := []bundle.IOOption{bundle.WithInsecure(c.Bool("insecure"))}
 	if c.IsSet("jobs") {
 		opts = append(opts, bundle.WithIOJobs(c.Int("jobs")))
@@ -31,11 +31,21 @@ func ioOptions(c *cli.Context, progress bundle.Progress) ([]bundle.IOOption, err
 	if progress != nil {
 		opts = append(opts, bundle.WithIOProgress(progress))
 	}
-	return opts, nil
+	return opts
 }
 
 func parseRef(c *cli.Context, s string) (bundle.Ref, error) {
 	return bundle.ParseRef(s, c.Bool("insecure"))
+}
+
+// openArg opens the bundle named by a command's argument s.
+func openArg(c *cli.Context, s string) (bundle.Ref, v1.Image, *bundle.Config, error) {
+	ref, err := parseRef(c, s)
+	if err != nil {
+		return ref, nil, nil, err
+	}
+	img, cfg, err := bundle.Open(c.Context, ref, ioOptions(c, nil)...)
+	return ref, img, cfg, err
 }
 
 type bundleOpts struct {
@@ -185,11 +195,7 @@ func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref bun
 	}
 	defer b.Close()
 	progress, finish = u.bar("writing")
-	iopts, err := ioOptions(c, progress)
-	if err != nil {
-		return nil, err
-	}
-	desc, err := bundle.Write(ctx, b, ref, iopts...)
+	desc, err := bundle.Write(ctx, b, ref, ioOptions(c, progress)...)
 	finish()
 	if err != nil {
 		return nil, err

@@ -35,12 +35,7 @@ path is renamed into STORE_DIR; paths already there and correct are skipped.`,
 				return usageErrorf("extract takes REF and STORE_DIR, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			ref, err := parseRef(c, c.Args().Get(0))
-			if err != nil {
-				return err
-			}
-			opts, _ := ioOptions(c, nil)
-			img, cfg, err := bundle.Open(c.Context, ref, opts...)
+			ref, img, cfg, err := openArg(c, c.Args().Get(0))
 			if err != nil {
 				return err
 			}

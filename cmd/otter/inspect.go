@@ -45,12 +45,7 @@ func inspectCommand() *cli.Command {
 				return usageErrorf("inspect takes one reference, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			ref, err := parseRef(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			opts, _ := ioOptions(c, nil)
-			img, cfg, err := bundle.Open(c.Context, ref, opts...)
+			ref, img, cfg, err := openArg(c, c.Args().First())
 			if err != nil {
 				return err
 			}

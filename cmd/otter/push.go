@@ -31,25 +31,16 @@ copied; the manifest is written last, so DST never names a partial bundle.`,
 				return usageErrorf("push takes SRC and DST, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			src, err := parseRef(c, c.Args().Get(0))
-			if err != nil {
-				return err
-			}
 			dst, err := parseRef(c, c.Args().Get(1))
 			if err != nil {
 				return err
 			}
-			ropts, err := ioOptions(c, nil)
-			if err != nil {
-				return err
-			}
-			img, cfg, err := bundle.Open(c.Context, src, ropts...)
+			src, img, cfg, err := openArg(c, c.Args().Get(0))
 			if err != nil {
 				return err
 			}
 			progress, finish := u.bar("pushing")
-			wopts, _ := ioOptions(c, progress)
-			desc, err := bundle.Write(c.Context, img, dst, wopts...)
+			desc, err := bundle.Write(c.Context, img, dst, ioOptions(c, progress)...)
 			finish()
 			if err != nil {
 				return err

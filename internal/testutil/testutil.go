@@ -160,6 +160,23 @@ func Repository(t testing.TB) string {
 	return fmt.Sprintf("otter-test/%d-%d", os.Getpid(), repoCounter.Add(1))
 }
 
+// AddSeeds adds every file matching glob (relative to the test's package)
+// to a fuzz test's corpus, and fails if there is none.
+func AddSeeds(f *testing.F, glob string) {
+	f.Helper()
+	seeds, err := filepath.Glob(glob)
+	if err != nil || len(seeds) == 0 {
+		f.Fatalf("no fuzz seeds match %s (%v)", glob, err)
+	}
+	for _, s := range seeds {
+		data, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+}
+
 // VerifyStore checks that every path of c is in store with its NAR hash.
 func VerifyStore(t testing.TB, c *nix.Closure, store string) {
 	t.Helper()
