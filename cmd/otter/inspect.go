@@ -8,7 +8,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/nix"
 )
 
 // inspectResult is the --json output of otter inspect.
@@ -26,12 +25,9 @@ type inspectResult struct {
 }
 
 type inspectPath struct {
-	Path           string   `json:"path"`
-	NarHash        nix.Hash `json:"narHash"`
-	NarSize        int64    `json:"narSize"`
-	References     []string `json:"references"`
-	Layer          v1.Hash  `json:"layer"`
-	CompressedSize int64    `json:"compressedSize"`
+	bundle.Path
+	Layer          v1.Hash `json:"layer"`
+	CompressedSize int64   `json:"compressedSize"`
 }
 
 func inspectCommand() *cli.Command {
@@ -72,10 +68,7 @@ func describe(ref bundle.Ref, img v1.Image, cfg *bundle.Config) (*inspectResult,
 		System: cfg.System, Version: cfg.Version, Created: cfg.Created,
 	}
 	for i, p := range cfg.Paths {
-		res.Paths = append(res.Paths, inspectPath{
-			Path: p.Path, NarHash: p.NarHash, NarSize: p.NarSize, References: p.References,
-			Layer: m.Layers[i].Digest, CompressedSize: m.Layers[i].Size,
-		})
+		res.Paths = append(res.Paths, inspectPath{Path: p, Layer: m.Layers[i].Digest, CompressedSize: m.Layers[i].Size})
 		res.NarSize += p.NarSize
 		res.CompressedSize += m.Layers[i].Size
 	}
@@ -87,7 +80,7 @@ func printInspect(w io.Writer, r *inspectResult) {
 		r.Reference, r.Digest, r.Root, r.System, r.Version, r.Created)
 	fmt.Fprintf(w, "%10s  %10s  %s\n", "NAR", "compressed", "store path")
 	for _, p := range r.Paths {
-		fmt.Fprintf(w, "%10s  %10s  %s\n", humanBytes(p.NarSize), humanBytes(p.CompressedSize), p.Path)
+		fmt.Fprintf(w, "%10s  %10s  %s\n", humanBytes(p.NarSize), humanBytes(p.CompressedSize), p.Path.Path)
 	}
 	fmt.Fprintf(w, "%10s  %10s  total: %d store paths\n", humanBytes(r.NarSize), humanBytes(r.CompressedSize), len(r.Paths))
 }
