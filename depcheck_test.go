@@ -13,6 +13,7 @@ func TestDependencyFences(t *testing.T) {
 	fences := map[string][]string{
 		"./nix":    {"net/http", "github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
 		"./bundle": {"github.com/urfave/cli/v2"},
+		"./build":  {"github.com/urfave/cli/v2", "net/http"},
 	}
 	for pkg, banned := range fences {
 		out, err := exec.Command("go", "list", "-deps", pkg).Output()

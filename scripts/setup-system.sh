@@ -54,6 +54,7 @@ conf=/etc/nix/nix.conf
 want=(
   "build-users-group = nixbld"
   "sandbox = true"
+  "sandbox-fallback = false"
   "substituters ="
   "extra-platforms = aarch64-linux"
   "experimental-features = nix-command flakes"
@@ -77,3 +78,11 @@ if ! getent group nixbld >/dev/null; then
     $SUDO useradd -r -g nixbld -G nixbld -d /var/empty -s /usr/sbin/nologin "nixbld$i" 2>/dev/null || true
   done
 fi
+
+# aarch64 emulation: qemu-aarch64-static through binfmt_misc with the F flag,
+# registered by otter itself (idempotent; lasts until reboot).
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+(cd "$here" && go build -o "$bin/otter" ./cmd/otter)
+$SUDO "$bin/otter" binfmt install -q

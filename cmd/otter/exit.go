@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/nix"
 )
@@ -22,6 +23,8 @@ const (
 	exitNotFound    = 4   // the reference names nothing
 	exitRegistry    = 5   // the registry refused the credentials
 	exitIntegrity   = 6   // stored content does not match its digest: a tampered or truncated blob, a corrupt store path
+	exitSetup       = 7   // this machine is not set up: no Nix, no qemu, no binfmt handler or one without the F flag, not root
+	exitBuild       = 8   // Nix ran and the build failed
 	exitInterrupted = 130 // interrupted (Ctrl-C or SIGTERM)
 )
 
@@ -49,7 +52,13 @@ func exitCode(err error) int {
 		errors.Is(err, bundle.ErrMissingPath), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, bundle.ErrConfig),
 		errors.Is(err, nix.ErrStorePath), errors.Is(err, nix.ErrHashFormat):
 		return exitInvalid
-	case errors.Is(err, bundle.ErrNotFound):
+	case errors.Is(err, build.ErrNoNix), errors.Is(err, build.ErrNoQemu), errors.Is(err, build.ErrNoBinfmt),
+		errors.Is(err, build.ErrNoHandler), errors.Is(err, build.ErrNoFixBinary), errors.Is(err, build.ErrSelfTest),
+		errors.Is(err, build.ErrNotRoot):
+		return exitSetup
+	case errors.Is(err, build.ErrBuildFailed), errors.Is(err, build.ErrNix):
+		return exitBuild
+	case errors.Is(err, bundle.ErrNotFound), errors.Is(err, build.ErrNoAttribute):
 		return exitNotFound
 	case errors.Is(err, bundle.ErrUnauthorized):
 		return exitRegistry

@@ -65,11 +65,18 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			inspectCommand(),
 			extractCommand(),
 			demoCommand(),
+			binfmtCommand(),
+			buildCommand(),
 		},
 	}
-	for _, c := range app.Commands {
-		c.Flags = append(c.Flags, commonFlags()...)
-		c.OnUsageError = app.OnUsageError
+	var addCommon func([]*cli.Command)
+	addCommon = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.Flags = append(c.Flags, commonFlags()...)
+			c.OnUsageError = app.OnUsageError
+			addCommon(c.Subcommands)
+		}
 	}
+	addCommon(app.Commands)
 	return app
 }

@@ -80,7 +80,7 @@ func fileSize(p string) int64 {
 }
 
 func main() {
-	runs := flag.Int("runs", 3, "measured runs of each command")
+	runs := flag.Int("runs", 5, "measured runs of each command")
 	release := flag.String("release", "r1", "corpus release to bundle")
 	write := flag.String("write", "", "replace the generated sections of this markdown file")
 	flag.Parse()
@@ -153,6 +153,11 @@ func run(runs int, release, write string) error {
 	fmt.Fprintf(&t, "\n`otter bundle` / baseline wall time: **%.2f×** (goal ≤ 1.2×).\n", bundleM.wall.Seconds()/tarM.wall.Seconds())
 	table := t.String()
 	fmt.Print(table)
+	emu, err := emulationCost(runs, work, corpus)
+	if err != nil {
+		return err
+	}
+	fmt.Print("\n" + emu)
 	gobench, err := goBench()
 	if err != nil {
 		return err
@@ -160,6 +165,9 @@ func run(runs int, release, write string) error {
 	fmt.Print("\n" + gobench)
 	if write != "" {
 		if err := replaceSection(write, "bundle", table); err != nil {
+			return err
+		}
+		if err := replaceSection(write, "emulation", emu); err != nil {
 			return err
 		}
 		return replaceSection(write, "gobench", gobench)
@@ -231,4 +239,40 @@ func replaceSection(p, name, body string) error {
 	}
 	s = s[:i+len(open)] + "\n" + body + s[j:]
 	return os.WriteFile(p, []byte(s), 0o644)
+}
+
+// emulationCost runs the same busybox work natively (the host's busybox)
+// and as aarch64 under qemu through binfmt (the corpus's arm64 busybox).
+func emulationCost(runs int, work, corpus string) (string, error) {
+	native, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", fmt.Errorf("busybox: %w (apt-get install busybox-static)", err)
+	}
+	arm, _ := filepath.Glob(filepath.Join(corpus, "r1", "nix", "store", "*-busybox-*", "bin", "busybox"))
+	if len(arm) != 1 {
+		return "", fmt.Errorf("no arm64 busybox in the corpus")
+	}
+	data := filepath.Join(work, "data")
+	// 64 MiB of the corpus's files: real binaries, not zeros.
+	script := fmt.Sprintf("find %s/r1/nix/store -type f -size +100k | head -40 | xargs cat | head -c 67108864 > %s", corpus, data)
+	if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%v: %s", err, out)
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "| work (64 MiB of corpus binaries) | x86_64 native | aarch64 under qemu | slowdown |\n| --- | ---: | ---: | ---: |\n")
+	for _, w := range []struct{ name, cmd string }{
+		{"`busybox sha256sum`", "sha256sum " + data},
+		{"`busybox gzip -6`", "gzip -6 -c " + data},
+	} {
+		n, err := repeat(runs, func() {}, "sh", "-c", native+" "+w.cmd+" > /dev/null")
+		if err != nil {
+			return "", err
+		}
+		a, err := repeat(runs, func() {}, "sh", "-c", arm[0]+" "+w.cmd+" > /dev/null")
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&t, "| %s | %.2f s | %.2f s | %.1f× |\n", w.name, n.wall.Seconds(), a.wall.Seconds(), a.wall.Seconds()/n.wall.Seconds())
+	}
+	return t.String(), nil
 }

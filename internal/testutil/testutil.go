@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -190,3 +191,44 @@ func VerifyStore(t testing.TB, c *nix.Closure, store string) {
 		}
 	}
 }
+
+// LockBinfmt serialises tests that change the machine's binfmt_misc
+// registration (exclusive) against tests that rely on it (shared), across
+// test processes, until the test ends.
+func LockBinfmt(t testing.TB, exclusive bool) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "otter-binfmt.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+}
+
+// ArmBusybox returns a directory holding only `busybox`, Debian's static
+// arm64 build, taken from the corpus: the builder of testdata/cross.
+func ArmBusybox(t testing.TB) string {
+	t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(Corpus(t, "r1"), "nix", "store", "*-busybox-*", "bin", "busybox"))
+	if len(matches) != 1 {
+		t.Fatalf("no arm64 busybox in the corpus (%v)", matches)
+	}
+	data, err := os.ReadFile(matches[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "busybox"), data, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Nonce is unique per test run, to make Nix build derivations afresh.
+func Nonce() string { return fmt.Sprintf("%d-%d", os.Getpid(), repoCounter.Add(1)) }
