@@ -17,7 +17,9 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
@@ -70,11 +72,31 @@ func writeLayout(ctx context.Context, img v1.Image, ref Ref, o *ioOptions) (v1.D
 	if ref.Digest != nil {
 		return v1.Descriptor{}, fmt.Errorf("%w: cannot write to a digest (%s); give a tag", ErrRef, ref)
 	}
+	desc, err := writeImageBlobs(ctx, img, ref.Layout, o)
+	if err != nil {
+		return desc, err
+	}
+	return desc, tagLayout(ref, desc)
+}
+
+// tagLayout points ref's tag (default "latest") at desc in index.json.
+func tagLayout(ref Ref, desc v1.Descriptor) error {
 	tag := ref.Tag
 	if tag == "" {
 		tag = "latest"
 	}
-	dir := ref.Layout
+	tagged := desc
+	tagged.Annotations = map[string]string{refNameAnnotation: tag}
+	if err := updateIndex(ref.Layout, tag, tagged); err != nil {
+		return fmt.Errorf("writing layout %s: %w", ref.Layout, err)
+	}
+	return nil
+}
+
+// writeImageBlobs writes img's layers, config and manifest into the
+// layout dir, each atomically, and returns the manifest's descriptor. It
+// names nothing in index.json.
+func writeImageBlobs(ctx context.Context, img v1.Image, dir string, o *ioOptions) (v1.Descriptor, error) {
 	desc, err := descriptorOf(img)
 	if err != nil {
 		return desc, err
@@ -123,29 +145,79 @@ func writeLayout(ctx context.Context, img v1.Image, ref Ref, o *ioOptions) (v1.D
 	if err != nil {
 		return desc, err
 	}
-	cfgName, err := img.ConfigName()
-	if err != nil {
-		return desc, err
-	}
 	rawManifest, err := img.RawManifest()
 	if err != nil {
 		return desc, err
 	}
-	for _, b := range []struct {
-		h   v1.Hash
-		raw []byte
-	}{{cfgName, rawCfg}, {desc.Digest, rawManifest}} {
-		open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.raw)), nil }
-		if err := writeBlob(ctx, dir, b.h, int64(len(b.raw)), open); err != nil {
-			return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	return desc, writeRawBlobs(ctx, dir, rawCfg, rawManifest)
+}
+
+// writeRawBlobs stores small in-memory blobs under their digests.
+func writeRawBlobs(ctx context.Context, dir string, blobs ...[]byte) error {
+	for _, raw := range blobs {
+		h, n, err := v1.SHA256(bytes.NewReader(raw))
+		if err != nil {
+			return err
+		}
+		open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+		if err := writeBlob(ctx, dir, h, n, open); err != nil {
+			return fmt.Errorf("writing layout %s: %w", dir, err)
 		}
 	}
-	tagged := desc
-	tagged.Annotations = map[string]string{refNameAnnotation: tag}
-	if err := updateIndex(dir, tag, tagged); err != nil {
-		return desc, fmt.Errorf("writing layout %s: %w", dir, err)
+	return nil
+}
+
+// layoutIndexAt returns the image index tagged in a layout, or an empty
+// OCI index when the tag does not exist.
+func layoutIndexAt(ref Ref) (v1.ImageIndex, error) {
+	emptyIdx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	idx, err := layout.ImageIndexFromPath(ref.Layout)
+	if errors.Is(err, fs.ErrNotExist) {
+		return emptyIdx, nil
 	}
-	return desc, nil
+	if err != nil {
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range im.Manifests {
+		if d.Annotations[refNameAnnotation] == ref.Tag {
+			if !d.MediaType.IsIndex() {
+				return nil, fmt.Errorf("%w: %s is a %s, not an index", ErrNotBundle, ref, d.MediaType)
+			}
+			return idx.ImageIndex(d.Digest)
+		}
+	}
+	return emptyIdx, nil
+}
+
+// writeLayoutIndex writes an index whose manifests are already in the
+// layout, and tags it.
+func writeLayoutIndex(ctx context.Context, idx v1.ImageIndex, ref Ref) error {
+	raw, err := idx.RawManifest()
+	if err != nil {
+		return err
+	}
+	if err := writeRawBlobs(ctx, ref.Layout, raw); err != nil {
+		return err
+	}
+	d, n, _ := v1.SHA256(bytes.NewReader(raw))
+	mt, err := idx.MediaType()
+	if err != nil {
+		return err
+	}
+	return tagLayout(ref, v1.Descriptor{MediaType: mt, Size: n, Digest: d})
+}
+
+// layoutImage returns the manifest h stored in a layout.
+func layoutImage(dir string, h v1.Hash) (v1.Image, error) {
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	return idx.Image(h)
 }
 
 // writeBlob stores a blob under its digest, unless a blob with that

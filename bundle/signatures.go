@@ -1,0 +1,321 @@
+package bundle
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/otter-fleet/otter/sign"
+)
+
+// Media types of what is attached to a bundle.
+const (
+	// EnvelopeMediaType is the layer holding a DSSE envelope.
+	EnvelopeMediaType types.MediaType = "application/vnd.dsse.envelope.v1+json"
+	// EmptyMediaType is the OCI empty descriptor's media type; its blob is "{}".
+	EmptyMediaType types.MediaType = "application/vnd.oci.empty.v1+json"
+	// MaxAttachments bounds how many referrers otter reads for one subject.
+	MaxAttachments = 256
+)
+
+var emptyJSON = []byte("{}")
+
+// artifact is an OCI 1.1 artifact manifest with blobs held in memory.
+type artifact struct {
+	manifest []byte
+	blobs    map[v1.Hash]v1.Layer
+}
+
+var _ partial.CompressedImageCore = (*artifact)(nil)
+
+func (a *artifact) RawConfigFile() ([]byte, error)      { return emptyJSON, nil }
+func (a *artifact) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+func (a *artifact) RawManifest() ([]byte, error)        { return a.manifest, nil }
+func (a *artifact) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
+	if l, ok := a.blobs[h]; ok {
+		return l, nil
+	}
+	return nil, fmt.Errorf("bundle: no blob %s", h)
+}
+
+// newArtifact makes an artifact of artifactType holding one blob, whose
+// subject is the given manifest.
+func newArtifact(artifactType string, blob []byte, mt types.MediaType, subject v1.Descriptor) (v1.Image, error) {
+	cd, cs, err := v1.SHA256(bytes.NewReader(emptyJSON))
+	if err != nil {
+		return nil, err
+	}
+	layer := static.NewLayer(blob, mt)
+	ld, err := layer.Digest()
+	if err != nil {
+		return nil, err
+	}
+	subject = v1.Descriptor{MediaType: subject.MediaType, Size: subject.Size, Digest: subject.Digest}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  artifactType,
+		Config:        v1.Descriptor{MediaType: EmptyMediaType, Size: cs, Digest: cd, Data: emptyJSON},
+		Layers:        []v1.Descriptor{{MediaType: mt, Size: int64(len(blob)), Digest: ld}},
+		Subject:       &subject,
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return partial.CompressedToImage(&artifact{manifest: raw, blobs: map[v1.Hash]v1.Layer{ld: layer}})
+}
+
+// fallbackTag is the OCI 1.1 referrers tag schema: sha256-<hex>.
+func fallbackTag(h v1.Hash) string { return h.Algorithm + "-" + h.Hex }
+
+// cosignTag is where cosign keeps signatures: sha256-<hex>.sig.
+func cosignTag(h v1.Hash) string { return fallbackTag(h) + ".sig" }
+
+// Attach stores a signed statement (a DSSE envelope) as an OCI 1.1
+// referrer of the bundle subject in the repository or layout of ref. A
+// registry without the referrers API gets the sha256-<hex> tag fallback;
+// a layout always does.
+func Attach(ctx context.Context, ref Ref, subject v1.Descriptor, artifactType string, envelope []byte, opts ...IOOption) (v1.Descriptor, error) {
+	img, err := newArtifact(artifactType, envelope, EnvelopeMediaType, subject)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	desc, err := descriptorOf(img)
+	if err != nil {
+		return desc, err
+	}
+	if ref.Remote != nil {
+		o, err := makeIOOptions(opts)
+		if err != nil {
+			return desc, err
+		}
+		dst := ref.Remote.Context().Digest(desc.Digest.String())
+		if err := remote.Write(dst, img, o.remote(ctx)...); err != nil {
+			return desc, fmt.Errorf("attaching to %s: %w", ref, classify(err))
+		}
+		return desc, nil
+	}
+	// A layout: the artifact's blobs, then the fallback index names it.
+	tagRef := Ref{Layout: ref.Layout, Tag: fallbackTag(subject.Digest)}
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return desc, err
+	}
+	if _, err := writeImageBlobs(ctx, img, ref.Layout, o); err != nil {
+		return desc, err
+	}
+	idx, err := layoutIndexAt(tagRef)
+	if err != nil {
+		return desc, err
+	}
+	desc.Annotations = nil
+	idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: desc})
+	return desc, writeLayoutIndex(ctx, idx, tagRef)
+}
+
+// Attached returns the blobs of the referrers of subject with the given
+// artifact type, in the repository or layout of ref.
+func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string, opts ...IOOption) ([][]byte, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	var idx v1.ImageIndex
+	var fetch func(v1.Hash) (v1.Image, error)
+	if ref.Remote != nil {
+		repo := ref.Remote.Context()
+		ropts := o.remote(ctx)
+		idx, err = remote.Referrers(repo.Digest(subject.String()), ropts...)
+		fetch = func(h v1.Hash) (v1.Image, error) { return remote.Image(repo.Digest(h.String()), ropts...) }
+	} else {
+		idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)})
+		fetch = func(h v1.Hash) (v1.Image, error) { return layoutImage(ref.Layout, h) }
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing what is attached to %s: %w", subject, classify(err))
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for i, d := range im.Manifests {
+		if i >= MaxAttachments {
+			break
+		}
+		if d.ArtifactType != artifactType {
+			continue
+		}
+		img, err := fetch(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("reading attachment %s: %w", d.Digest, classify(err))
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			return nil, err
+		}
+		if m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != subject || len(m.Layers) != 1 || m.Layers[0].Size > sign.MaxEnvelopeSize {
+			continue // not one of ours, or not for this subject
+		}
+		l, err := img.LayerByDigest(m.Layers[0].Digest)
+		if err != nil {
+			return nil, err
+		}
+		blob, err := readBlob(l, sign.MaxEnvelopeSize)
+		if err != nil {
+			return nil, fmt.Errorf("reading attachment %s: %w", d.Digest, err)
+		}
+		out = append(out, blob)
+	}
+	return out, nil
+}
+
+// readBlob reads a layer's bytes, checking their digest and a size bound.
+func readBlob(l v1.Layer, max int64) ([]byte, error) {
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%w: blob larger than %d bytes", sign.ErrOversized, max)
+	}
+	want, err := l.Digest()
+	if err != nil {
+		return nil, err
+	}
+	if got, _, _ := v1.SHA256(bytes.NewReader(data)); got != want {
+		return nil, fmt.Errorf("%w: blob %s hashes to %s", ErrLayerDigest, want, got)
+	}
+	return data, nil
+}
+
+// AttachCosign adds a cosign simple-signing layer to the signature image
+// tagged sha256-<hex>.sig, creating it if needed, unless an identical
+// payload and signature is already there.
+func AttachCosign(ctx context.Context, ref Ref, subject v1.Hash, s sign.CosignSignature, opts ...IOOption) error {
+	tagRef, err := cosignRef(ref, subject)
+	if err != nil {
+		return err
+	}
+	base, err := openCosign(ctx, tagRef, opts)
+	if err != nil {
+		return err
+	}
+	existing, err := cosignLayers(base)
+	if err != nil {
+		return err
+	}
+	for _, e := range existing {
+		if bytes.Equal(e.Payload, s.Payload) && e.Signature == s.Signature {
+			return nil
+		}
+	}
+	img, err := mutate.Append(base, mutate.Addendum{
+		Layer:       static.NewLayer(s.Payload, sign.SimpleSigningMediaType),
+		Annotations: map[string]string{sign.CosignSignatureAnnotation: s.Signature},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = Write(ctx, img, tagRef, opts...)
+	return err
+}
+
+// CosignSignatures reads the simple-signing layers of the signature image
+// of subject (none: an empty list).
+func CosignSignatures(ctx context.Context, ref Ref, subject v1.Hash, opts ...IOOption) ([]sign.CosignSignature, error) {
+	tagRef, err := cosignRef(ref, subject)
+	if err != nil {
+		return nil, err
+	}
+	img, err := openCosign(ctx, tagRef, opts)
+	if err != nil {
+		return nil, err
+	}
+	return cosignLayers(img)
+}
+
+func cosignRef(ref Ref, subject v1.Hash) (Ref, error) {
+	if ref.Remote == nil {
+		return Ref{Layout: ref.Layout, Tag: cosignTag(subject)}, nil
+	}
+	t, err := name.NewTag(ref.Remote.Context().String()+":"+cosignTag(subject), name.WeakValidation)
+	if err != nil {
+		return Ref{}, err
+	}
+	return Ref{Remote: t}, nil
+}
+
+// openCosign returns the signature image at tagRef, or an empty one.
+func openCosign(ctx context.Context, tagRef Ref, opts []IOOption) (v1.Image, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	var img v1.Image
+	if tagRef.Remote != nil {
+		img, err = remote.Image(tagRef.Remote, o.remote(ctx)...)
+		err = classify(err)
+	} else {
+		img, err = openLayout(tagRef)
+	}
+	if errors.Is(err, ErrNotFound) {
+		base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+		return mutate.ConfigMediaType(base, types.OCIConfigJSON), nil
+	}
+	return img, err
+}
+
+func cosignLayers(img v1.Image) ([]sign.CosignSignature, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, classify(err)
+	}
+	var out []sign.CosignSignature
+	for i, d := range m.Layers {
+		if i >= MaxAttachments {
+			break
+		}
+		if d.MediaType != sign.SimpleSigningMediaType || d.Size > sign.MaxPayloadSize {
+			continue
+		}
+		l, err := img.LayerByDigest(d.Digest)
+		if err != nil {
+			return nil, err
+		}
+		payload, err := readBlob(l, sign.MaxPayloadSize)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sign.CosignSignature{Payload: payload, Signature: d.Annotations[sign.CosignSignatureAnnotation]})
+	}
+	return out, nil
+}
+
+// Repository names the repository of a registry ref for cosign's
+// docker-reference claim.
+func (r Ref) Repository() string {
+	if r.Remote == nil {
+		return strings.TrimSuffix(r.Layout, "/")
+	}
+	return r.Remote.Context().Name()
+}
