@@ -14,6 +14,7 @@ func TestDependencyFences(t *testing.T) {
 		"./nix":    {"net/http", "github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
 		"./bundle": {"github.com/urfave/cli/v2"},
 		"./build":  {"github.com/urfave/cli/v2", "net/http"},
+		"./sign":   {"net/http", "github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
 	}
 	for pkg, banned := range fences {
 		out, err := exec.Command("go", "list", "-deps", pkg).Output()

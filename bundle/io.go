@@ -197,7 +197,7 @@ func Write(ctx context.Context, img v1.Image, ref Ref, opts ...IOOption) (v1.Des
 	if ref.Remote == nil {
 		return writeLayout(ctx, img, ref, o)
 	}
-	desc, err := descriptorOf(img)
+	desc, err := DescriptorOf(img)
 	if err != nil {
 		return desc, err
 	}
@@ -224,7 +224,8 @@ func Write(ctx context.Context, img v1.Image, ref Ref, opts ...IOOption) (v1.Des
 	return desc, nil
 }
 
-func descriptorOf(img v1.Image) (v1.Descriptor, error) {
+// DescriptorOf is the descriptor of img's manifest.
+func DescriptorOf(img v1.Image) (v1.Descriptor, error) {
 	d, err := img.Digest()
 	if err != nil {
 		return v1.Descriptor{}, err

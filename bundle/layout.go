@@ -97,7 +97,7 @@ func tagLayout(ref Ref, desc v1.Descriptor) error {
 // layout dir, each atomically, and returns the manifest's descriptor. It
 // names nothing in index.json.
 func writeImageBlobs(ctx context.Context, img v1.Image, dir string, o *ioOptions) (v1.Descriptor, error) {
-	desc, err := descriptorOf(img)
+	desc, err := DescriptorOf(img)
 	if err != nil {
 		return desc, err
 	}
@@ -209,15 +209,6 @@ func writeLayoutIndex(ctx context.Context, idx v1.ImageIndex, ref Ref) error {
 		return err
 	}
 	return tagLayout(ref, v1.Descriptor{MediaType: mt, Size: n, Digest: d})
-}
-
-// layoutImage returns the manifest h stored in a layout.
-func layoutImage(dir string, h v1.Hash) (v1.Image, error) {
-	idx, err := layout.ImageIndexFromPath(dir)
-	if err != nil {
-		return nil, err
-	}
-	return idx.Image(h)
 }
 
 // writeBlob stores a blob under its digest, unless a blob with that

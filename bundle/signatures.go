@@ -94,7 +94,7 @@ func Attach(ctx context.Context, ref Ref, subject v1.Descriptor, artifactType st
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	desc, err := descriptorOf(img)
+	desc, err := DescriptorOf(img)
 	if err != nil {
 		return desc, err
 	}
@@ -143,7 +143,7 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 		fetch = func(h v1.Hash) (v1.Image, error) { return remote.Image(repo.Digest(h.String()), ropts...) }
 	} else {
 		idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)})
-		fetch = func(h v1.Hash) (v1.Image, error) { return layoutImage(ref.Layout, h) }
+		fetch = func(h v1.Hash) (v1.Image, error) { return idx.Image(h) }
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing what is attached to %s: %w", subject, classify(err))

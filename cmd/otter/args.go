@@ -30,6 +30,16 @@ func reorderArgs(app *cli.App, args []string) []string {
 	if cmd == nil {
 		return append(out, args[i:]...)
 	}
+	// Descend into subcommands (otter binfmt status, otter trust init).
+	for i < len(args) {
+		sub := cmd.Command(args[i])
+		if sub == nil {
+			break
+		}
+		cmd = sub
+		out = append(out, args[i])
+		i++
+	}
 	takesValue := map[string]bool{}
 	for _, f := range cmd.Flags {
 		_, isBool := f.(*cli.BoolFlag)

@@ -12,20 +12,32 @@ import (
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/sign"
 )
 
 // Exit codes. docs/cli.md documents them; keep the two in step.
 const (
-	exitOK          = 0
-	exitError       = 1   // anything not listed below
-	exitUsage       = 2   // bad flags, arguments or references
-	exitInvalid     = 3   // input that otter refuses: NAR hash mismatch, closure not closed, missing store path, not a bundle
-	exitNotFound    = 4   // the reference names nothing
-	exitRegistry    = 5   // the registry refused the credentials
-	exitIntegrity   = 6   // stored content does not match its digest: a tampered or truncated blob, a corrupt store path
-	exitSetup       = 7   // this machine is not set up: no Nix, no qemu, no binfmt handler or one without the F flag, not root
-	exitBuild       = 8   // Nix ran and the build failed
-	exitInterrupted = 130 // interrupted (Ctrl-C or SIGTERM)
+	exitOK        = 0
+	exitError     = 1 // anything not listed below
+	exitUsage     = 2 // bad flags, arguments or references
+	exitInvalid   = 3 // input that otter refuses: NAR hash mismatch, closure not closed, missing store path, not a bundle
+	exitNotFound  = 4 // the reference names nothing
+	exitRegistry  = 5 // the registry refused the credentials
+	exitIntegrity = 6 // stored content does not match its digest: a tampered or truncated blob, a corrupt store path
+	exitSetup     = 7 // this machine is not set up: no Nix, no qemu, no binfmt handler or one without the F flag, not root
+	exitBuild     = 8 // Nix ran and the build failed
+	// Verification refusals, one code each (docs/signing.md).
+	exitBadSignature = 10  // a signature does not verify
+	exitUnknownKey   = 11  // signed only by keys the trust file does not hold
+	exitThreshold    = 12  // fewer trusted signatures than the threshold
+	exitExpired      = 13  // the statement expired (freeze attack)
+	exitRollback     = 14  // a version lower than the installed one
+	exitWrongSystem  = 15  // a statement for another system
+	exitWrongChannel = 16  // a statement for another channel
+	exitMixAndMatch  = 17  // a statement for another artifact, or of another kind
+	exitMalformed    = 18  // a malformed, truncated or oversized statement
+	exitNotSigned    = 19  // no signature at all
+	exitInterrupted  = 130 // interrupted (Ctrl-C or SIGTERM)
 )
 
 var errInterrupted = errors.New("interrupted")
@@ -44,8 +56,31 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errInterrupted), errors.Is(err, context.Canceled):
 		return exitInterrupted
-	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef), strings.HasPrefix(err.Error(), "Required flag"):
+	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef), strings.HasPrefix(err.Error(), "Required flag"),
+		strings.HasPrefix(err.Error(), "flag provided but not defined"):
 		return exitUsage
+	case errors.Is(err, sign.ErrBadSignature):
+		return exitBadSignature
+	case errors.Is(err, sign.ErrUnknownKey):
+		return exitUnknownKey
+	case errors.Is(err, sign.ErrThreshold):
+		return exitThreshold
+	case errors.Is(err, sign.ErrExpired):
+		return exitExpired
+	case errors.Is(err, sign.ErrRollback):
+		return exitRollback
+	case errors.Is(err, sign.ErrWrongSystem):
+		return exitWrongSystem
+	case errors.Is(err, sign.ErrWrongChannel):
+		return exitWrongChannel
+	case errors.Is(err, sign.ErrDigestMismatch), errors.Is(err, sign.ErrWrongType):
+		return exitMixAndMatch
+	case errors.Is(err, sign.ErrMalformed), errors.Is(err, sign.ErrOversized):
+		return exitMalformed
+	case errors.Is(err, sign.ErrNotSigned):
+		return exitNotSigned
+	case errors.Is(err, sign.ErrKey), errors.Is(err, sign.ErrPassphrase), errors.Is(err, sign.ErrTrust):
+		return exitInvalid
 	case errors.Is(err, bundle.ErrLayerDigest), errors.Is(err, bundle.ErrCorruptPath), errors.Is(err, bundle.ErrLayerFormat):
 		return exitIntegrity
 	case errors.Is(err, bundle.ErrNarHashMismatch), errors.Is(err, nix.ErrNotClosed), errors.Is(err, nix.ErrNotInClosure),

@@ -67,6 +67,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			binfmtCommand(),
 			buildCommand(),
+			keygenCommand(),
+			signCommand(),
+			verifyCommand(),
+			trustCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

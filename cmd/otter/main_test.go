@@ -331,6 +331,10 @@ func TestReorderArgs(t *testing.T) {
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
+	got = strings.Join(reorderArgs(app, []string{"otter", "trust", "init", "--key", "a.pub", "--out", "t.json"}), " ")
+	if want := "otter trust init --key a.pub --out t.json"; got != want {
+		t.Fatalf("subcommand: got %s, want %s", got, want)
+	}
 }
 
 // TestProgressOnTerminal runs otter under script(1), which gives it a

@@ -1,0 +1,600 @@
+package main
+
+import (
+	"crypto"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/sign"
+)
+
+// passphraseEnv holds the private key's passphrase for CI.
+const passphraseEnv = "OTTER_PASSWORD"
+
+// readPassphrase takes the passphrase from OTTER_PASSWORD, else asks on
+// the terminal (twice when confirm), else it is empty.
+func readPassphrase(u *ui, confirm bool) ([]byte, error) {
+	if p, ok := os.LookupEnv(passphraseEnv); ok {
+		return []byte(p), nil
+	}
+	fd := int(os.Stdin.Fd())
+	if !term.IsTerminal(fd) {
+		return nil, nil
+	}
+	fmt.Fprint(u.errw, "passphrase for the private key: ")
+	p, err := term.ReadPassword(fd)
+	fmt.Fprintln(u.errw)
+	if err != nil || !confirm {
+		return p, err
+	}
+	fmt.Fprint(u.errw, "again: ")
+	again, err := term.ReadPassword(fd)
+	fmt.Fprintln(u.errw)
+	if err != nil {
+		return nil, err
+	}
+	if string(again) != string(p) {
+		return nil, usageErrorf("the passphrases differ")
+	}
+	return p, nil
+}
+
+// loadKey reads a private key from a file or, as env://VAR, from an
+// environment variable (for CI secret stores).
+func loadKey(u *ui, spec string) (crypto.Signer, error) {
+	var data []byte
+	if name, ok := strings.CutPrefix(spec, "env://"); ok {
+		v, ok := os.LookupEnv(name)
+		if !ok || v == "" {
+			return nil, usageErrorf("--key %s: the environment variable %s is not set", spec, name)
+		}
+		data = []byte(v)
+	} else {
+		var err error
+		if data, err = os.ReadFile(spec); err != nil {
+			return nil, fmt.Errorf("reading the private key: %w", err)
+		}
+	}
+	pass, err := readPassphrase(u, false)
+	if err != nil {
+		return nil, err
+	}
+	k, err := sign.ParsePrivateKey(data, pass)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", spec, err)
+	}
+	return k, nil
+}
+
+// keygenResult is the --json output of otter keygen.
+type keygenResult struct {
+	PrivateKey string `json:"privateKey"`
+	PublicKey  string `json:"publicKey"`
+	KeyID      string `json:"keyid"`
+	Algorithm  string `json:"algorithm"`
+	Encrypted  bool   `json:"encrypted"`
+}
+
+func keygenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "keygen",
+		Usage: "make a signing key pair (PEM that cosign reads too)",
+		Description: `Writes PREFIX.key (the private key, encrypted with a passphrase the way cosign
+encrypts its keys) and PREFIX.pub (the public key, PKIX PEM). The passphrase
+comes from OTTER_PASSWORD, else a prompt; --no-passphrase leaves it empty.
+ECDSA P-256 is the default and interoperates with cosign; Ed25519 is for
+otter-only verification.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "prefix", Value: "otter", Usage: "write PREFIX.key and PREFIX.pub"},
+			&cli.StringFlag{Name: "algorithm", Value: string(sign.ECDSAP256), Usage: "ecdsa-p256 or ed25519"},
+			&cli.BoolFlag{Name: "no-passphrase", Usage: "encrypt with an empty passphrase"},
+			&cli.BoolFlag{Name: "force", Usage: "overwrite existing files"},
+		},
+		Action: func(c *cli.Context) error {
+			u := newUI(c)
+			prefix := c.String("prefix")
+			keyFile, pubFile := prefix+".key", prefix+".pub"
+			if !c.Bool("force") {
+				for _, f := range []string{keyFile, pubFile} {
+					if _, err := os.Stat(f); err == nil {
+						return usageErrorf("%s exists (--force to overwrite)", f)
+					}
+				}
+			}
+			var pass []byte
+			if !c.Bool("no-passphrase") {
+				var err error
+				if pass, err = readPassphrase(u, true); err != nil {
+					return err
+				}
+				if pass == nil {
+					return usageErrorf("no passphrase: set %s, run on a terminal, or pass --no-passphrase", passphraseEnv)
+				}
+			}
+			k, err := sign.GenerateKey(sign.Algorithm(c.String("algorithm")))
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			priv, err := sign.MarshalPrivateKey(k, pass)
+			if err != nil {
+				return err
+			}
+			pub, err := sign.MarshalPublicKey(k.Public())
+			if err != nil {
+				return err
+			}
+			if err := fsutil.AtomicWrite(keyFile, priv, 0o600); err != nil {
+				return err
+			}
+			if err := fsutil.AtomicWrite(pubFile, pub, 0o644); err != nil {
+				return err
+			}
+			id, _ := sign.KeyID(k.Public())
+			res := keygenResult{PrivateKey: keyFile, PublicKey: pubFile, KeyID: id, Algorithm: c.String("algorithm"), Encrypted: len(pass) > 0}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "wrote %s and %s\n  key id %s (%s)\n", keyFile, pubFile, id, res.Algorithm)
+			})
+		},
+	}
+}
+
+// parseExpiry reads --expires: a duration from now (720h) or a time.
+func parseExpiry(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, usageErrorf("--expires %s is not in the future", s)
+		}
+		return now.Add(d), nil
+	}
+	if strings.HasSuffix(s, "d") {
+		var days int
+		if _, err := fmt.Sscanf(s, "%dd", &days); err == nil && days > 0 {
+			return now.AddDate(0, 0, days), nil
+		}
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, usageErrorf("--expires %q: want a duration (720h, 30d) or an RFC 3339 time", s)
+	}
+	return t, nil
+}
+
+// signResult is the --json output of otter sign.
+type signResult struct {
+	Reference string        `json:"reference"`
+	Digest    v1.Hash       `json:"digest"`
+	Statement *sign.Release `json:"statement"`
+	Signers   []string      `json:"signers"`
+	Attached  v1.Hash       `json:"attached"`
+	Cosign    bool          `json:"cosign"`
+	Envelope  string        `json:"envelope,omitempty"`
+}
+
+func signCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "sign",
+		Usage:     "sign a bundle: a release statement, and a cosign signature",
+		ArgsUsage: "REF",
+		Description: `Signs a release statement for the bundle at REF (its digest, release version,
+channel, system, root store path, creation and expiry time) and attaches it as
+an OCI 1.1 referrer of the bundle (with the sha256-<hex> tag fallback). With an
+ECDSA key it also writes a cosign signature (sha256-<hex>.sig) carrying the
+channel, version and expiry as claims, so cosign verify --key accepts the
+bundle. --key may be given several times for k-of-n trust roots.`,
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "key", Aliases: []string{"k"}, Required: true, Usage: "private key file, or env://VAR (repeatable)"},
+			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the channel this release is for"},
+			&cli.StringFlag{Name: "expires", Value: "30d", Usage: "expiry: a duration (720h, 30d) or an RFC 3339 time"},
+			&cli.Uint64Flag{Name: "release-version", Usage: "the release version (default: the bundle's)"},
+			&cli.BoolFlag{Name: "no-cosign", Usage: "do not write a cosign signature"},
+			&cli.StringFlag{Name: "envelope-out", Usage: "also write the signed statement to this file"},
+		}, registryFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("sign takes one bundle reference, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			var keys []crypto.Signer
+			for _, spec := range c.StringSlice("key") {
+				k, err := loadKey(u, spec)
+				if err != nil {
+					return err
+				}
+				keys = append(keys, k)
+			}
+			now := time.Now().UTC()
+			expires, err := parseExpiry(c.String("expires"), now)
+			if err != nil {
+				return err
+			}
+			ref, img, cfg, err := openArg(c, c.Args().First())
+			if err != nil {
+				return err
+			}
+			desc, err := bundle.DescriptorOf(img)
+			if err != nil {
+				return err
+			}
+			version := cfg.Version
+			if c.IsSet("release-version") {
+				version = c.Uint64("release-version")
+			}
+			keyid, _ := sign.KeyID(keys[0].Public())
+			st := &sign.Release{
+				Digest: desc.Digest.String(), Version: version, Channel: c.String("channel"), System: cfg.System,
+				Root: cfg.Root, Created: sign.FormatTime(now), Expires: sign.FormatTime(expires), KeyID: keyid,
+			}
+			payload, err := st.Marshal()
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			env, err := sign.Seal(sign.ReleaseType, payload, keys...)
+			if err != nil {
+				return err
+			}
+			envBytes, err := env.Marshal()
+			if err != nil {
+				return err
+			}
+			res := signResult{Reference: ref.String(), Digest: desc.Digest, Statement: st}
+			for _, s := range env.Signatures {
+				res.Signers = append(res.Signers, s.KeyID)
+			}
+			if f := c.String("envelope-out"); f != "" {
+				if err := fsutil.AtomicWrite(f, envBytes, 0o644); err != nil {
+					return err
+				}
+				res.Envelope = f
+			}
+			att, err := bundle.Attach(c.Context, ref, desc, sign.ReleaseType, envBytes, ioOptions(c, nil)...)
+			if err != nil {
+				return err
+			}
+			res.Attached = att.Digest
+			if !c.Bool("no-cosign") {
+				n, err := attachCosign(c, ref, desc.Digest, st, keys)
+				if err != nil {
+					return err
+				}
+				res.Cosign = n > 0
+			}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n  statement %s, %d signature(s)",
+					res.Reference, st.Version, st.Channel, st.System, st.Expires, res.Attached, len(res.Signers))
+				if res.Cosign {
+					fmt.Fprint(w, "; cosign signature written")
+				}
+				fmt.Fprintln(w)
+			})
+		},
+	}
+}
+
+// attachCosign writes a cosign signature with each ECDSA key.
+func attachCosign(c *cli.Context, ref bundle.Ref, digest v1.Hash, st *sign.Release, keys []crypto.Signer) (int, error) {
+	payload, err := sign.CosignPayload(ref.Repository(), digest.String(), sign.CosignOptional(st))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if alg, _ := sign.AlgorithmOf(k.Public()); alg != sign.ECDSAP256 {
+			continue
+		}
+		sig, err := sign.SignCosign(k, payload)
+		if err != nil {
+			return n, err
+		}
+		if err := bundle.AttachCosign(c.Context, ref, digest, sign.CosignSignature{Payload: payload, Signature: sig}, ioOptions(c, nil)...); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// verifyResult is the --json output of otter verify.
+type verifyResult struct {
+	Reference string        `json:"reference"`
+	Digest    v1.Hash       `json:"digest"`
+	Verified  bool          `json:"verified"`
+	Via       string        `json:"via"` // "otter" or "cosign"
+	Release   *sign.Release `json:"release,omitempty"`
+	Cosign    *sign.Claim   `json:"cosign,omitempty"`
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check a bundle's signatures offline against a trust file",
+		ArgsUsage: "REF",
+		Description: `Needs nothing but the bundle (a registry, or an OCI layout for offline and USB
+updates) and a trust file (otter trust init). Refuses, each with its own exit
+code: a bad signature, an unknown key, too few signatures for the threshold, an
+expired statement (freeze), a version lower than --installed-version
+(rollback) unless --allow-downgrade, another system or channel, a statement for
+another bundle (mix-and-match), a malformed or oversized statement. Bundles
+signed with cosign sign --key verify too, given -a otter.dev/expires=… (and
+otter.dev/channel=…) claims.`,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "trust", Required: true, Usage: "the trust file"},
+			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the channel this device follows"},
+			&cli.StringFlag{Name: "system", Value: "aarch64-linux", Usage: "this device's system"},
+			&cli.Uint64Flag{Name: "installed-version", Usage: "the installed release's version (anti-rollback)"},
+			&cli.BoolFlag{Name: "allow-downgrade", Usage: "accept a version lower than the installed one"},
+			&cli.StringFlag{Name: "envelope", Usage: "verify this detached statement instead of the attached ones"},
+			&cli.StringFlag{Name: "at", Usage: "verify as of this RFC 3339 time instead of now", Hidden: true},
+		}, registryFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("verify takes one bundle reference, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			trust, err := loadTrust(c.String("trust"))
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			if at := c.String("at"); at != "" {
+				if now, err = time.Parse(time.RFC3339, at); err != nil {
+					return usageErrorf("--at: %v", err)
+				}
+			}
+			ref, img, cfg, err := openArg(c, c.Args().First())
+			if err != nil {
+				return err
+			}
+			d, err := img.Digest()
+			if err != nil {
+				return err
+			}
+			p := sign.Policy{
+				Trust: trust, Now: now, Digest: d.String(), System: c.String("system"), Channel: c.String("channel"),
+				Installed: c.Uint64("installed-version"), HasInstalled: c.IsSet("installed-version"), AllowDowngrade: c.Bool("allow-downgrade"),
+			}
+			res := verifyResult{Reference: ref.String(), Digest: d}
+			var envelopes [][]byte
+			if f := c.String("envelope"); f != "" {
+				data, err := os.ReadFile(f)
+				if err != nil {
+					return err
+				}
+				envelopes = [][]byte{data}
+			} else if envelopes, err = bundle.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
+				return err
+			}
+			var firstErr error
+			for _, e := range envelopes {
+				r, err := sign.VerifyRelease(e, p)
+				if err == nil {
+					res.Verified, res.Via, res.Release = true, "otter", r
+					break
+				}
+				if firstErr == nil {
+					firstErr = err
+				}
+			}
+			if !res.Verified && len(envelopes) == 0 {
+				sigs, err := bundle.CosignSignatures(c.Context, ref, d, ioOptions(c, nil)...)
+				if err != nil {
+					return err
+				}
+				claim, err := sign.VerifyCosign(sigs, cfg.Version, cfg.System, p)
+				if err != nil {
+					firstErr = err
+				} else {
+					res.Verified, res.Via, res.Cosign = true, "cosign", claim
+				}
+			}
+			if !res.Verified {
+				if firstErr == nil {
+					firstErr = sign.ErrNotSigned
+				}
+				return fmt.Errorf("%s: %w", ref, firstErr)
+			}
+			return u.result(res, func(w io.Writer) {
+				if r := res.Release; r != nil {
+					fmt.Fprintf(w, "verified %s\n  release %d on %s for %s, expires %s, signed by %s\n", res.Reference, r.Version, r.Channel, r.System, r.Expires, r.KeyID)
+				} else {
+					cl := res.Cosign
+					fmt.Fprintf(w, "verified %s (cosign signature)\n  release %d on %s for %s, expires %s\n", res.Reference, cl.Version, cl.Channel, cl.System, cl.Expires)
+				}
+			})
+		},
+	}
+}
+
+func loadTrust(path string) (*sign.Trust, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the trust file: %w", err)
+	}
+	t, err := sign.ParseTrust(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+// trustResult is the --json output of otter trust commands.
+type trustResult struct {
+	File      string   `json:"file"`
+	Version   uint64   `json:"version"`
+	Threshold int      `json:"threshold"`
+	KeyIDs    []string `json:"keyids"`
+	Rotation  string   `json:"rotation,omitempty"`
+}
+
+func describeTrust(file string, t *sign.Trust) trustResult {
+	r := trustResult{File: file, Version: t.Version, Threshold: t.Threshold}
+	for _, k := range t.Keys {
+		r.KeyIDs = append(r.KeyIDs, k.KeyID)
+	}
+	return r
+}
+
+func printTrust(w io.Writer, r trustResult) {
+	fmt.Fprintf(w, "%s: trust root version %d, %d of %d keys must sign\n", r.File, r.Version, r.Threshold, len(r.KeyIDs))
+	for _, id := range r.KeyIDs {
+		fmt.Fprintf(w, "  %s\n", id)
+	}
+}
+
+func readPublicKeys(files []string) ([]crypto.PublicKey, error) {
+	var pubs []crypto.PublicKey
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		pub, err := sign.ParsePublicKey(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		pubs = append(pubs, pub)
+	}
+	return pubs, nil
+}
+
+func trustCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "trust",
+		Usage: "make and rotate the trust file devices verify against",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "init",
+				Usage: "make a trust file from public keys",
+				Flags: []cli.Flag{
+					&cli.StringSliceFlag{Name: "key", Required: true, Usage: "a public key (repeatable)"},
+					&cli.IntFlag{Name: "threshold", Value: 1, Usage: "how many of the keys must sign"},
+					&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "trust.json", Usage: "the trust file to write"},
+				},
+				Action: func(c *cli.Context) error {
+					u := newUI(c)
+					pubs, err := readPublicKeys(c.StringSlice("key"))
+					if err != nil {
+						return err
+					}
+					t, err := sign.NewTrust(1, c.Int("threshold"), pubs...)
+					if err != nil {
+						return usageErrorf("%v", err)
+					}
+					data, err := t.Marshal()
+					if err != nil {
+						return err
+					}
+					if err := fsutil.AtomicWrite(c.String("out"), data, 0o644); err != nil {
+						return err
+					}
+					res := describeTrust(c.String("out"), t)
+					return u.result(res, func(w io.Writer) { printTrust(w, res) })
+				},
+			},
+			{
+				Name:  "rotate",
+				Usage: "sign a new trust root with the current keys and the new ones",
+				Description: `Makes a rotation file: the new trust root (the public keys given, version one
+higher) signed by the current root's keys and the new root's keys. Devices
+accept it with otter trust update only if enough of both signed.`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "trust", Required: true, Usage: "the current trust file"},
+					&cli.StringSliceFlag{Name: "new-key", Required: true, Usage: "a public key of the new root (repeatable)"},
+					&cli.IntFlag{Name: "threshold", Value: 1, Usage: "the new root's threshold"},
+					&cli.StringSliceFlag{Name: "key", Required: true, Usage: "private keys to sign with, current and new (repeatable)"},
+					&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "rotation.json", Usage: "the rotation file to write"},
+				},
+				Action: func(c *cli.Context) error {
+					u := newUI(c)
+					cur, err := loadTrust(c.String("trust"))
+					if err != nil {
+						return err
+					}
+					pubs, err := readPublicKeys(c.StringSlice("new-key"))
+					if err != nil {
+						return err
+					}
+					next, err := sign.NewTrust(cur.Version+1, c.Int("threshold"), pubs...)
+					if err != nil {
+						return usageErrorf("%v", err)
+					}
+					payload, err := next.Marshal()
+					if err != nil {
+						return err
+					}
+					var keys []crypto.Signer
+					for _, spec := range c.StringSlice("key") {
+						k, err := loadKey(u, spec)
+						if err != nil {
+							return err
+						}
+						keys = append(keys, k)
+					}
+					env, err := sign.Seal(sign.TrustType, payload, keys...)
+					if err != nil {
+						return err
+					}
+					data, err := env.Marshal()
+					if err != nil {
+						return err
+					}
+					if _, err := cur.Rotate(data); err != nil {
+						return fmt.Errorf("the rotation would be refused: %w", err)
+					}
+					if err := fsutil.AtomicWrite(c.String("out"), data, 0o644); err != nil {
+						return err
+					}
+					res := describeTrust(c.String("trust"), next)
+					res.Rotation = c.String("out")
+					return u.result(res, func(w io.Writer) {
+						fmt.Fprintf(w, "wrote %s\n", res.Rotation)
+						printTrust(w, res)
+					})
+				},
+			},
+			{
+				Name:      "update",
+				Usage:     "replace a trust file by a rotation signed by its keys (on the device)",
+				ArgsUsage: "ROTATION",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "trust", Required: true, Usage: "the trust file to update"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return usageErrorf("trust update takes one rotation file")
+					}
+					u := newUI(c)
+					cur, err := loadTrust(c.String("trust"))
+					if err != nil {
+						return err
+					}
+					data, err := os.ReadFile(c.Args().First())
+					if err != nil {
+						return err
+					}
+					next, err := cur.Rotate(data)
+					if err != nil {
+						return err
+					}
+					out, err := next.Marshal()
+					if err != nil {
+						return err
+					}
+					if err := fsutil.AtomicWrite(c.String("trust"), out, 0o644); err != nil {
+						return err
+					}
+					res := describeTrust(c.String("trust"), next)
+					return u.result(res, func(w io.Writer) { printTrust(w, res) })
+				},
+			},
+		},
+	}
+}
