@@ -157,7 +157,9 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 		if i >= MaxAttachments {
 			break
 		}
-		if d.ArtifactType != artifactType {
+		// Some registries (go-containerregistry's own) report the config's
+		// media type instead of the manifest's artifactType: look inside.
+		if d.ArtifactType != artifactType && d.ArtifactType != string(EmptyMediaType) && d.ArtifactType != "" {
 			continue
 		}
 		img, err := fetch(d.Digest)

@@ -40,6 +40,10 @@ func parseRef(c *cli.Context, s string) (bundle.Ref, error) {
 
 // openArg opens the bundle named by a command's argument s.
 func openArg(c *cli.Context, s string) (bundle.Ref, v1.Image, *bundle.Config, error) {
+	s, err := resolveArchive(s)
+	if err != nil {
+		return bundle.Ref{}, nil, nil, err
+	}
 	ref, err := parseRef(c, s)
 	if err != nil {
 		return ref, nil, nil, err

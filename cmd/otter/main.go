@@ -22,6 +22,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := newApp(stdout, stderr)
+	defer cleanupArchives()
 	err := app.RunContext(ctx, reorderArgs(app, args))
 	if err == nil {
 		return 0
@@ -71,6 +72,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			signCommand(),
 			verifyCommand(),
 			trustCommand(),
+			exportCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

@@ -16,15 +16,19 @@ type pushResult struct {
 	Destination string  `json:"destination"`
 	Digest      v1.Hash `json:"digest"`
 	Size        int64   `json:"size"`
+	Statements  int     `json:"statements"`
+	Cosign      int     `json:"cosignSignatures"`
 }
 
 func pushCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "push",
-		Usage:     "copy a bundle between OCI layouts and registries",
+		Usage:     "copy a bundle and its signatures between OCI layouts and registries",
 		ArgsUsage: "SRC DST",
 		Description: `SRC and DST are oci:DIR[:TAG] or HOST/REPO:TAG. Only the blobs DST lacks are
-copied; the manifest is written last, so DST never names a partial bundle.`,
+copied; the manifest is written last, so DST never names a partial bundle.
+Signed statements and cosign signatures attached to the bundle come along, so
+a layout made with push (on a USB stick, say) verifies offline.`,
 		Flags: registryFlags(),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
@@ -40,14 +44,15 @@ copied; the manifest is written last, so DST never names a partial bundle.`,
 				return err
 			}
 			progress, finish := u.bar("pushing")
-			desc, err := bundle.Write(c.Context, img, dst, ioOptions(c, progress)...)
+			cr, err := bundle.Copy(c.Context, img, src, dst, ioOptions(c, progress)...)
 			finish()
 			if err != nil {
 				return err
 			}
-			res := pushResult{Source: src.String(), Destination: dst.String(), Digest: desc.Digest, Size: desc.Size}
+			res := pushResult{Source: src.String(), Destination: dst.String(), Digest: cr.Manifest.Digest, Size: cr.Manifest.Size, Statements: cr.Statements, Cosign: cr.Cosign}
 			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "%s -> %s\n  %s (%d store paths, root %s)\n", res.Source, res.Destination, res.Digest, len(cfg.Paths), cfg.Root)
+				fmt.Fprintf(w, "%s -> %s\n  %s (%d store paths, root %s), %d statement(s), %d cosign signature(s)\n",
+					res.Source, res.Destination, res.Digest, len(cfg.Paths), cfg.Root, res.Statements, res.Cosign)
 			})
 		},
 	}

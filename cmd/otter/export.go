@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/internal/fsutil"
+)
+
+// archiveDirs are the directories oci-archive references were unpacked
+// into; run removes them when the command ends.
+var archiveDirs []string
+
+func cleanupArchives() {
+	for _, d := range archiveDirs {
+		fsutil.RemoveAll(d)
+	}
+	archiveDirs = nil
+}
+
+// resolveArchive turns oci-archive:FILE[:TAG] into an oci: reference to
+// the archive unpacked in a temporary directory.
+func resolveArchive(s string) (string, error) {
+	rest, ok := strings.CutPrefix(s, bundle.ArchivePrefix)
+	if !ok {
+		return s, nil
+	}
+	file, tag := rest, ""
+	if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i:], "/") {
+		file, tag = rest[:i], rest[i+1:]
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	dir, err := os.MkdirTemp("", "otter-archive-")
+	if err != nil {
+		return "", err
+	}
+	archiveDirs = append(archiveDirs, dir)
+	if err := bundle.ExtractArchive(f, dir); err != nil {
+		return "", fmt.Errorf("%s: %w", file, err)
+	}
+	if tag != "" {
+		return bundle.LayoutPrefix + dir + ":" + tag, nil
+	}
+	return bundle.LayoutPrefix + dir, nil
+}
+
+// exportResult is the --json output of otter export.
+type exportResult struct {
+	Source     string  `json:"source"`
+	File       string  `json:"file"`
+	Digest     v1.Hash `json:"digest"`
+	Size       int64   `json:"size"`
+	Statements int     `json:"statements"`
+	Cosign     int     `json:"cosignSignatures"`
+}
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "write a bundle and its signatures to one file, for offline and USB updates",
+		ArgsUsage: "REF FILE",
+		Description: `FILE is a tar of an OCI layout holding the bundle (tagged TAG, default the
+source's tag or "latest") and everything attached to it. Every command that
+reads a bundle takes it back as oci-archive:FILE[:TAG]; otter verify checks it
+with no network.`,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "tag", Usage: "the tag inside the archive"},
+		}, registryFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return usageErrorf("export takes REF and FILE, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			src, img, _, err := openArg(c, c.Args().Get(0))
+			if err != nil {
+				return err
+			}
+			tag := c.String("tag")
+			if tag == "" {
+				tag = src.Tag
+				if src.Remote != nil {
+					tag = src.Remote.Identifier()
+				}
+				if tag == "" || strings.HasPrefix(tag, "sha256:") {
+					tag = "latest"
+				}
+			}
+			tmp, err := os.MkdirTemp("", "otter-export-")
+			if err != nil {
+				return err
+			}
+			defer fsutil.RemoveAll(tmp)
+			dst, err := bundle.ParseRef(bundle.LayoutPrefix+filepath.Join(tmp, "layout")+":"+tag, false)
+			if err != nil {
+				return usageErrorf("--tag: %v", err)
+			}
+			cr, err := bundle.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
+			if err != nil {
+				return err
+			}
+			out := c.Args().Get(1)
+			f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
+			if err != nil {
+				return err
+			}
+			defer os.Remove(f.Name())
+			if err := bundle.WriteArchive(dst.Layout, f); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return err
+			}
+			fi, _ := f.Stat()
+			if err := f.Close(); err != nil {
+				return err
+			}
+			if err := os.Rename(f.Name(), out); err != nil {
+				return err
+			}
+			res := exportResult{Source: src.String(), File: out, Digest: cr.Manifest.Digest, Size: fi.Size(), Statements: cr.Statements, Cosign: cr.Cosign}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "wrote %s (%s): bundle %s, %d statement(s), %d cosign signature(s)\n  read it back as %s%s:%s\n",
+					out, humanBytes(res.Size), res.Digest, res.Statements, res.Cosign, bundle.ArchivePrefix, out, tag)
+			})
+		},
+	}
+}
