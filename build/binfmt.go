@@ -137,27 +137,38 @@ func Status(ctx context.Context, dir string) (*BinfmtStatus, error) {
 	return s, nil
 }
 
-// findHandler returns the enabled handler for aarch64 ELF, preferring the
-// one named EntryName.
+// findHandler returns the handler for aarch64 ELF, preferring the one
+// named EntryName.
 func findHandler(dir string) (*Handler, error) {
-	entries, err := os.ReadDir(dir)
+	hs, err := aarch64Handlers(dir)
 	if err != nil {
 		return nil, err
 	}
 	var found *Handler
-	for _, e := range entries {
-		if e.Name() == "register" || e.Name() == "status" {
-			continue
-		}
-		h, err := readHandler(dir, e.Name())
-		if err != nil || !h.matchesAArch64() {
-			continue
-		}
+	for _, h := range hs {
 		if found == nil || h.Name == EntryName {
 			found = h
 		}
 	}
 	return found, nil
+}
+
+// aarch64Handlers lists the registered handlers that select aarch64 ELF.
+func aarch64Handlers(dir string) ([]*Handler, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var hs []*Handler
+	for _, e := range entries {
+		if e.Name() == "register" || e.Name() == "status" {
+			continue
+		}
+		if h, err := readHandler(dir, e.Name()); err == nil && h.matchesAArch64() {
+			hs = append(hs, h)
+		}
+	}
+	return hs, nil
 }
 
 // readHandler parses a binfmt_misc entry file:
@@ -230,18 +241,11 @@ func Install(dir, interpreter string) (*InstallResult, error) {
 		}
 		res.Mounted = true
 	}
-	entries, err := os.ReadDir(dir)
+	hs, err := aarch64Handlers(dir)
 	if err != nil {
 		return res, err
 	}
-	for _, e := range entries {
-		if e.Name() == "register" || e.Name() == "status" {
-			continue
-		}
-		h, err := readHandler(dir, e.Name())
-		if err != nil || !h.matchesAArch64() {
-			continue
-		}
+	for _, h := range hs {
 		if h.Name == EntryName && h.Enabled && h.FixBinary() && h.Interpreter == interpreter {
 			return res, nil // already right
 		}
