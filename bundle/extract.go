@@ -181,9 +181,31 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 	return status, nil
 }
 
-// unpackLayer unpacks one layer into dst and checks it. On error, dst may
-// hold a partial tree; the caller removes it.
-func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, dst string) (err error) {
+// EntryFunc receives the nodes of a store path in NAR order; for a
+// regular file, r yields exactly h.Size bytes of contents.
+type EntryFunc func(h *nix.Header, r io.Reader) error
+
+// ReadLayer streams layer i of a bundle to fn, and checks the layer's
+// digest, DiffID and the store path's NAR hash once it has read it all.
+// fn sees content before the checks end: act on it only once ReadLayer
+// returns nil.
+func ReadLayer(ctx context.Context, img v1.Image, cfg *Config, i int, fn EntryFunc) error {
+	m, err := img.Manifest()
+	if err != nil {
+		return classify(err)
+	}
+	if i < 0 || i >= len(m.Layers) || i >= len(cfg.Paths) {
+		return fmt.Errorf("%w: no layer %d", ErrConfig, i)
+	}
+	layer, err := img.LayerByDigest(m.Layers[i].Digest)
+	if err != nil {
+		return classify(err)
+	}
+	info := cfg.Closure().Paths[i]
+	return readLayer(ctx, layer, m.Layers[i], cfg.RootFS.DiffIDs[i], &info, fn)
+}
+
+func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, fn EntryFunc) error {
 	rc, err := layer.Compressed()
 	if err != nil {
 		return classify(err)
@@ -201,16 +223,6 @@ func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID
 	nh := sha256.New()
 	nw := nix.NewNARWriter(nh)
 	base := nix.BaseName(info.Path)
-	var dirs []string
-	defer func() {
-		// Directories get their store mode and time last, deepest first,
-		// once nothing more is written into them.
-		for i := len(dirs) - 1; i >= 0 && err == nil; i-- {
-			if err = os.Chmod(dirs[i], modeDir); err == nil {
-				err = canonicalTime(dirs[i])
-			}
-		}
-	}()
 	for first := true; ; first = false {
 		th, err := tr.Next()
 		if err == io.EOF {
@@ -226,33 +238,21 @@ func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID
 		if err != nil {
 			return err
 		}
+		// The NAR writer checks that every parent is a directory of this
+		// layer, entries come in order and are unique.
 		if err := nw.WriteHeader(h); err != nil {
 			return fmt.Errorf("%w: %v", ErrLayerFormat, err)
 		}
-		p := dst
-		if h.Path != "" {
-			p = filepath.Join(dst, filepath.FromSlash(h.Path))
+		var r io.Reader
+		if h.Type == nix.TypeRegular {
+			r = &exactReader{r: io.TeeReader(tr, nw), left: h.Size}
 		}
-		// The NAR writer has checked that every parent is a directory
-		// this layer created, so p cannot leave dst.
-		switch h.Type {
-		case nix.TypeDirectory:
-			if err := os.Mkdir(p, 0o755); err != nil {
-				return err
-			}
-			dirs = append(dirs, p)
-		case nix.TypeSymlink:
-			if err := os.Symlink(h.LinkTarget, p); err != nil {
-				return err
-			}
-		case nix.TypeRegular:
-			if err := writeFile(p, h, io.TeeReader(tr, nw)); err != nil {
-				return err
-			}
+		if err := fn(h, r); err != nil {
+			return err
 		}
-		if h.Type != nix.TypeDirectory {
-			if err := canonicalTime(p); err != nil {
-				return err
+		if r != nil {
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return fmt.Errorf("%w: %v", ErrLayerDigest, err)
 			}
 		}
 	}
@@ -275,6 +275,68 @@ func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID
 	var sum nix.Hash
 	copy(sum[:], nh.Sum(nil))
 	return checkNar(info.Path, info, sum, nw.Size())
+}
+
+// exactReader yields exactly left bytes, and an error if the source ends
+// first.
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (e *exactReader) Read(b []byte) (int, error) {
+	if e.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > e.left {
+		b = b[:e.left]
+	}
+	n, err := e.r.Read(b)
+	e.left -= int64(n)
+	if err == io.EOF && e.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// unpackLayer unpacks one layer into dst and checks it. On error, dst may
+// hold a partial tree; the caller removes it.
+func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, dst string) (err error) {
+	var dirs []string
+	defer func() {
+		// Directories get their store mode and time last, deepest first,
+		// once nothing more is written into them.
+		for i := len(dirs) - 1; i >= 0 && err == nil; i-- {
+			if err = os.Chmod(dirs[i], modeDir); err == nil {
+				err = canonicalTime(dirs[i])
+			}
+		}
+	}()
+	return readLayer(ctx, layer, desc, diffID, info, func(h *nix.Header, r io.Reader) error {
+		p := dst
+		if h.Path != "" {
+			p = filepath.Join(dst, filepath.FromSlash(h.Path))
+		}
+		// readLayer has checked that every parent is a directory this
+		// layer created, so p cannot leave dst.
+		switch h.Type {
+		case nix.TypeDirectory:
+			if err := os.Mkdir(p, 0o755); err != nil {
+				return err
+			}
+			dirs = append(dirs, p)
+			return nil
+		case nix.TypeSymlink:
+			if err := os.Symlink(h.LinkTarget, p); err != nil {
+				return err
+			}
+		case nix.TypeRegular:
+			if err := writeFile(p, h, r); err != nil {
+				return err
+			}
+		}
+		return canonicalTime(p)
+	})
 }
 
 func writeFile(p string, h *nix.Header, r io.Reader) error {
