@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // AtomicWrite replaces p with content: a temporary file beside it, synced,
@@ -56,4 +58,63 @@ func RemoveAll(dir string) error {
 		return nil
 	})
 	return os.RemoveAll(dir)
+}
+
+// Canonicalize gives a tree the modes and times of the Nix store: files
+// 0444 or 0555 (executable), directories 0555, modification time 1,
+// directories last so nothing more is written into them.
+func Canonicalize(root string) error {
+	var dirs []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			dirs = append(dirs, p)
+			return nil
+		case d.Type().IsRegular():
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			mode := os.FileMode(0o444)
+			if fi.Mode()&0o100 != 0 {
+				mode = 0o555
+			}
+			if err := os.Chmod(p, mode); err != nil {
+				return err
+			}
+		}
+		return storeTime(p)
+	})
+	if err != nil {
+		return err
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := os.Chmod(dirs[i], 0o555); err != nil {
+			return err
+		}
+		if err := storeTime(dirs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storeTime sets p's modification time to 1, as Nix does, without
+// following a symlink.
+func storeTime(p string) error {
+	ts := []unix.Timespec{{Sec: 1}, {Sec: 1}}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// SyncFS flushes the file system holding dir.
+func SyncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }

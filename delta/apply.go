@@ -1,0 +1,537 @@
+package delta
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/nix"
+)
+
+// ApplyOptions tune Apply.
+type ApplyOptions struct {
+	// Installed is the digest of the installed bundle; a patch for another
+	// base is refused. Empty: the base is checked by its store paths only.
+	Installed string
+	// PatchDigest, if set, is the signed digest of the whole patch file,
+	// checked before anything else.
+	PatchDigest string
+	// NoFsync skips syncing before store paths become visible.
+	NoFsync bool
+}
+
+// ApplyResult says what Apply did.
+type ApplyResult struct {
+	Target  string         `json:"target"`
+	Built   []string       `json:"built"`
+	Present []string       `json:"present"`
+	Config  *bundle.Config `json:"-"`
+}
+
+// Apply rebuilds the target's new store paths in storeDir from the
+// installed base paths and the patch at path. Nothing outside a staging
+// directory in storeDir changes until every new path has been built and
+// matched its NAR hash; then the paths are renamed into place.
+func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*ApplyResult, error) {
+	f, err := os.Open(patchPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if o.PatchDigest != "" {
+		d := sha256.New()
+		if _, err := io.Copy(d, f); err != nil {
+			return nil, err
+		}
+		if got := "sha256:" + hex.EncodeToString(d.Sum(nil)); got != o.PatchDigest {
+			return nil, fmt.Errorf("%w: the patch file hashes to %s, the signed statement says %s", ErrFormat, got, o.PatchDigest)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	h, off, err := ParseHeader(bufio.NewReader(io.LimitReader(f, preambleLength+MaxHeaderSize)))
+	if err != nil {
+		return nil, err
+	}
+	total := off
+	for _, s := range h.Streams {
+		total += s.Size
+	}
+	switch {
+	case fi.Size() < total:
+		return nil, fmt.Errorf("%w: %d bytes, the header declares %d", ErrTruncated, fi.Size(), total)
+	case fi.Size() > total:
+		return nil, fmt.Errorf("%w: %d bytes after the declared end", ErrFormat, fi.Size()-total)
+	}
+	cfg, err := targetConfig(h)
+	if err != nil {
+		return nil, err
+	}
+	if o.Installed != "" && o.Installed != h.Base {
+		return nil, fmt.Errorf("%w: it applies to %s, %s is installed", ErrBaseMismatch, h.Base, o.Installed)
+	}
+	for _, bp := range h.BasePaths {
+		if _, err := os.Lstat(filepath.Join(storeDir, nix.BaseName(bp.Path))); err != nil {
+			return nil, fmt.Errorf("%w: the store lacks %s, which the patch reads", ErrBaseMismatch, bp.Path)
+		}
+	}
+	sections := make([]*io.SectionReader, len(h.Streams))
+	pos := off
+	for i, s := range h.Streams {
+		sections[i] = io.NewSectionReader(f, pos, s.Size)
+		pos += s.Size
+	}
+	opsRaw, err := decodeAll(sections[0], h.Streams[0].RawSize)
+	if err != nil {
+		return nil, fmt.Errorf("op list: %w", err)
+	}
+	ops, err := parseOps(opsRaw, h.TargetSize)
+	if err != nil {
+		return nil, err
+	}
+	closure := cfg.Closure()
+	built := map[string]bool{}
+	hashes := map[string]string{}
+	allowed := map[string]bool{}
+	for _, bp := range h.BasePaths {
+		allowed[nix.BaseName(bp.Path)] = true
+	}
+	for _, p := range ops {
+		tp := nix.StoreDir + "/" + p.Target
+		if closure.Lookup(tp) == nil || built[tp] {
+			return nil, fmt.Errorf("%w: %s is not a new path of the target", ErrFormat, tp)
+		}
+		built[tp] = true
+		if p.Base != "" {
+			if !allowed[p.Base] {
+				return nil, fmt.Errorf("%w: %s derives from %s, not among the base paths", ErrFormat, p.Target, p.Base)
+			}
+			if _, seen := hashes[p.Base[:32]]; !seen {
+				hashes[p.Base[:32]] = p.Target[:32]
+			}
+		}
+		for _, e := range p.Entries {
+			if e.Source != "" {
+				b, _, _ := strings.Cut(e.Source, "/")
+				if !allowed[b] {
+					return nil, fmt.Errorf("%w: %s reads %s, not among the base paths", ErrFormat, p.Target, e.Source)
+				}
+			}
+		}
+	}
+	for _, p := range closure.Paths {
+		if built[p.Path] {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(storeDir, nix.BaseName(p.Path))); err != nil {
+			return nil, fmt.Errorf("%w: the target keeps %s from the base, but the store lacks it", ErrBaseMismatch, p.Path)
+		}
+	}
+
+	staging := filepath.Join(storeDir, ".otter-patch-"+strings.TrimPrefix(h.Target, "sha256:")[:16])
+	if err := fsutil.RemoveAll(staging); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		return nil, err
+	}
+	defer fsutil.RemoveAll(staging)
+
+	a := &applier{store: storeDir, rw: newRewriter(hashes)}
+	decs := make([]*zstd.Decoder, len(h.Streams))
+	for i := 1; i < len(h.Streams); i++ {
+		if streamNames[i] == "frames" {
+			continue
+		}
+		d, err := zstd.NewReader(sections[i], zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(streamWindow), zstd.WithDecoderMaxMemory(streamWindow))
+		if err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		decs[i] = d
+	}
+	a.ctrlRaw = &boundedReader{r: decs[1], left: h.Streams[1].RawSize}
+	a.ctrl = bufio.NewReader(a.ctrlRaw)
+	a.diff = &boundedReader{r: decs[2], left: h.Streams[2].RawSize}
+	a.extra = &boundedReader{r: decs[3], left: h.Streams[3].RawSize}
+	a.literal = &boundedReader{r: decs[4], left: h.Streams[4].RawSize}
+	a.frames = sections[5]
+
+	res := &ApplyResult{Target: h.Target, Built: []string{}, Present: []string{}, Config: cfg}
+	for _, p := range ops {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		dst := filepath.Join(staging, p.Target)
+		if err := a.buildPath(p, dst); err != nil {
+			return nil, fmt.Errorf("building %s: %w", p.Target, err)
+		}
+		if err := fsutil.Canonicalize(dst); err != nil {
+			return nil, err
+		}
+		info := closure.Lookup(nix.StoreDir + "/" + p.Target)
+		got, n, err := nix.HashPath(dst)
+		if err != nil {
+			return nil, err
+		}
+		if got != info.NarHash || n != info.NarSize {
+			return nil, fmt.Errorf("%w: %s has NAR hash %s, the target says %s", ErrTargetMismatch, info.Path, got, info.NarHash)
+		}
+	}
+	// Every stream must have been used exactly, and hold nothing more
+	// than it declared.
+	if _, err := a.ctrl.ReadByte(); err != io.EOF {
+		return nil, fmt.Errorf("%w: control stream longer than the op list needs", ErrFormat)
+	}
+	for i, r := range []*boundedReader{a.ctrlRaw, a.diff, a.extra, a.literal} {
+		if r.left != 0 {
+			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.left, streamNames[i+1])
+		}
+		if n, _ := r.r.Read(make([]byte, 1)); n != 0 {
+			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, streamNames[i+1])
+		}
+	}
+	if a.framePos != h.Streams[5].Size {
+		return nil, fmt.Errorf("%w: frames stream not used exactly", ErrFormat)
+	}
+	if !o.NoFsync {
+		if err := fsutil.SyncFS(staging); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range ops {
+		final := filepath.Join(storeDir, p.Target)
+		if _, err := os.Lstat(final); err == nil {
+			res.Present = append(res.Present, nix.StoreDir+"/"+p.Target)
+			continue
+		}
+		if err := os.Rename(filepath.Join(staging, p.Target), final); err != nil {
+			return nil, err
+		}
+		res.Built = append(res.Built, nix.StoreDir+"/"+p.Target)
+	}
+	if !o.NoFsync {
+		if err := fsutil.SyncDir(storeDir); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// targetConfig checks the target manifest and config the patch carries
+// against its target digest.
+func targetConfig(h *Header) (*bundle.Config, error) {
+	if d, _, _ := v1.SHA256(bytes.NewReader(h.TargetManifest)); d.String() != h.Target {
+		return nil, fmt.Errorf("%w: the target manifest hashes to %s, the header says %s", ErrFormat, d, h.Target)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(h.TargetManifest))
+	if err != nil {
+		return nil, fmt.Errorf("%w: target manifest: %v", ErrFormat, err)
+	}
+	if d, _, _ := v1.SHA256(bytes.NewReader(h.TargetConfig)); d != m.Config.Digest {
+		return nil, fmt.Errorf("%w: the target config hashes to %s, its manifest says %s", ErrFormat, d, m.Config.Digest)
+	}
+	cfg, err := bundle.ParseConfig(h.TargetConfig)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Closure().NarSize() != h.TargetSize {
+		return nil, fmt.Errorf("%w: targetSize %d, the closure is %d", ErrFormat, h.TargetSize, cfg.Closure().NarSize())
+	}
+	return cfg, nil
+}
+
+// decodeAll decompresses a whole (small) stream, bounded by its declared size.
+func decodeAll(r io.Reader, rawSize int64) ([]byte, error) {
+	d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(streamWindow), zstd.WithDecoderMaxMemory(streamWindow))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	data, err := io.ReadAll(io.LimitReader(d, rawSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
+	}
+	if int64(len(data)) != rawSize {
+		return nil, fmt.Errorf("%w: stream is %d bytes, declared %d", ErrFormat, len(data), rawSize)
+	}
+	return data, nil
+}
+
+// boundedReader yields at most left bytes: more than the header declared
+// is an error, not memory.
+type boundedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		err = fmt.Errorf("%w: stream ends %d bytes early", ErrTruncated, b.left)
+	}
+	return n, err
+}
+
+type applier struct {
+	store    string
+	rw       *rewriter
+	ctrl     *bufio.Reader
+	ctrlRaw  *boundedReader
+	diff     *boundedReader
+	extra    *boundedReader
+	literal  *boundedReader
+	frames   *io.SectionReader
+	framePos int64
+}
+
+// buildPath makes one new store path at dst.
+func (a *applier) buildPath(p pathOp, dst string) error {
+	listed := map[string]*entryOp{}
+	for i := range p.Entries {
+		e := &p.Entries[i]
+		if _, dup := listed[e.Rel]; dup {
+			return fmt.Errorf("%w: %q listed twice", ErrFormat, e.Rel)
+		}
+		listed[e.Rel] = e
+	}
+	if p.Base != "" {
+		if err := a.copyBase(filepath.Join(a.store, p.Base), dst, listed); err != nil {
+			return err
+		}
+	}
+	for i := range p.Entries {
+		e := &p.Entries[i]
+		if e.Op == opRemove {
+			continue
+		}
+		target := dst
+		if e.Rel != "" {
+			target = filepath.Join(dst, filepath.FromSlash(e.Rel))
+			// The parent must be a directory inside dst, not a symlink.
+			parent := filepath.Dir(target)
+			if fi, err := os.Lstat(parent); err != nil || !fi.IsDir() {
+				return fmt.Errorf("%w: %q has no parent directory", ErrFormat, e.Rel)
+			}
+		}
+		if _, err := os.Lstat(target); err == nil {
+			return fmt.Errorf("%w: %q exists already", ErrFormat, e.Rel)
+		}
+		switch e.Op {
+		case opDir:
+			if err := os.Mkdir(target, 0o755); err != nil {
+				return err
+			}
+		case opSymlink:
+			if err := os.Symlink(e.Target, target); err != nil {
+				return err
+			}
+		case opFile:
+			if err := a.writeFile(e, target); err != nil {
+				return fmt.Errorf("%s: %w", e.Rel, err)
+			}
+		}
+	}
+	return nil
+}
+
+// copyBase copies the base path, hashes rewritten, leaving out every
+// listed entry and the subtree of a listed or removed directory.
+func (a *applier) copyBase(src, dst string, listed map[string]*entryOp) error {
+	var skip string // a listed subtree being skipped
+	return nix.Walk(src, func(h *nix.Header, open func() (*os.File, error)) error {
+		if skip != "" && (h.Path == skip || strings.HasPrefix(h.Path, skip+"/")) {
+			return nil
+		}
+		skip = ""
+		if _, ok := listed[h.Path]; ok {
+			if h.Type == nix.TypeDirectory {
+				skip = h.Path
+			}
+			return nil
+		}
+		target := dst
+		if h.Path != "" {
+			target = filepath.Join(dst, filepath.FromSlash(h.Path))
+		}
+		switch h.Type {
+		case nix.TypeDirectory:
+			return os.Mkdir(target, 0o755)
+		case nix.TypeSymlink:
+			return os.Symlink(a.rw.string(h.LinkTarget), target)
+		}
+		data, err := readFile(open, h.Size)
+		if err != nil {
+			return err
+		}
+		return writeBytes(target, a.rw.apply(data), h.Executable)
+	})
+}
+
+func readFile(open func() (*os.File, error), size int64) ([]byte, error) {
+	f, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data := make([]byte, size)
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+func writeBytes(p string, data []byte, exec bool) error {
+	mode := os.FileMode(0o644)
+	if exec {
+		mode = 0o755
+	}
+	return os.WriteFile(p, data, mode)
+}
+
+// readSource reads an old file named by a source, hashes rewritten.
+func (a *applier) readSource(src string) ([]byte, error) {
+	b, rel, _ := strings.Cut(src, "/")
+	p := filepath.Join(a.store, b)
+	if rel != "" {
+		p = filepath.Join(p, filepath.FromSlash(rel))
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: source %s: %v", ErrBaseMismatch, src, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: source %s is not a regular file", ErrBaseMismatch, src)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	return a.rw.apply(data), nil
+}
+
+// writeFile produces one listed file and checks its size and SHA-256.
+func (a *applier) writeFile(e *entryOp, target string) error {
+	mode := os.FileMode(0o644)
+	if e.Exec {
+		mode = 0o755
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sum := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(f, sum)}
+	bw := bufio.NewWriterSize(cw, 256<<10)
+	if err := a.produce(e, bw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if cw.n != e.Size {
+		return fmt.Errorf("%w: %d bytes, the patch declares %d", ErrTargetMismatch, cw.n, e.Size)
+	}
+	if got := sum.Sum(nil); !bytes.Equal(got, e.SHA256[:]) {
+		return fmt.Errorf("%w: SHA-256 %x, the patch declares %x", ErrTargetMismatch, got, e.SHA256)
+	}
+	return f.Close()
+}
+
+func (a *applier) produce(e *entryOp, w io.Writer) error {
+	switch e.Codec {
+	case codecLiteral:
+		_, err := io.CopyN(w, a.literal, e.Size)
+		if err != nil {
+			err = fmt.Errorf("%w: literal stream: %v", ErrTruncated, err)
+		}
+		return err
+	}
+	old, err := a.readSource(e.Source)
+	if err != nil {
+		return err
+	}
+	switch e.Codec {
+	case codecCopy:
+		_, err = w.Write(old)
+		return err
+	case codecBsdiff:
+		cs := make([]ctrl, 0, min(e.NCtrl, 1<<16))
+		for i := int64(0); i < e.NCtrl; i++ {
+			var c ctrl
+			for _, v := range []*int64{&c.Add, &c.Extra, &c.Seek} {
+				if *v, err = binary.ReadVarint(a.ctrl); err != nil {
+					return fmt.Errorf("%w: control stream: %v", ErrFormat, err)
+				}
+			}
+			cs = append(cs, c)
+		}
+		if err := checkControl(cs, int64(len(old)), e.Size); err != nil {
+			return err
+		}
+		return applyBsdiff(old, cs, predictorFor(e.Pred, old), a.diff, a.extra, w)
+	case codecZdict:
+		if e.Frame > a.frames.Size()-a.framePos {
+			return fmt.Errorf("%w: frame beyond the frames stream", ErrTruncated)
+		}
+		frame := io.NewSectionReader(a.frames, a.framePos, e.Frame)
+		a.framePos += e.Frame
+		window := zdictWindow(len(old), int(e.Size))
+		d, err := zstd.NewReader(frame, zstd.WithDecoderConcurrency(1), zstd.WithDecoderDictRaw(1, old),
+			zstd.WithDecoderMaxWindow(uint64(window)), zstd.WithDecoderMaxMemory(uint64(window)))
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		n, err := io.Copy(w, io.LimitReader(d, e.Size+1))
+		if err != nil {
+			return fmt.Errorf("%w: zstd frame: %v", ErrFormat, err)
+		}
+		if n != e.Size {
+			return fmt.Errorf("%w: zstd frame gives %d bytes, declared %d", ErrTargetMismatch, n, e.Size)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: codec %d", ErrFormat, e.Codec)
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+func predictorFor(p byte, old []byte) predictor {
+	return identity{}
+}

@@ -1,0 +1,480 @@
+package delta
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"unicode"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/nix"
+)
+
+// Release is one side of a patch: a bundle and its config.
+type Release struct {
+	Image  v1.Image
+	Config *bundle.Config
+}
+
+// Stats says what a patch holds.
+type Stats struct {
+	NewPaths     int            `json:"newPaths"`
+	DerivedPaths int            `json:"derivedPaths"`
+	FreshPaths   int            `json:"freshPaths"`
+	ListedFiles  int            `json:"listedFiles"`
+	Codecs       map[string]int `json:"codecs"`
+	StreamBytes  map[string]int `json:"streamBytes"`
+	Size         int64          `json:"size"`
+}
+
+// Options tune Diff.
+type Options struct {
+	Jobs int
+	// MaxZdictWindow bounds old plus new size for zstd with the old file as
+	// dictionary: the memory a device needs to apply it (default 32 MiB).
+	MaxZdictWindow int64
+	// Predict enables aarch64-aware prediction in bsdiff (default on).
+	NoPredict bool
+}
+
+// pname is a store path's package name: its name up to the first dash
+// followed by a digit (Nix's parseDrvName).
+func pname(p string) string {
+	name := nix.NamePart(p)
+	for i := 0; i+1 < len(name); i++ {
+		if name[i] == '-' && unicode.IsDigit(rune(name[i+1])) {
+			return name[:i]
+		}
+	}
+	return name
+}
+
+// similarity is the share of the new tree's entry names the old one has.
+func similarity(oldT, newT *tree) float64 {
+	if len(newT.Entries) == 0 {
+		return 0
+	}
+	n := 0
+	for _, e := range newT.Entries {
+		if oldT.lookup(e.Rel) != nil {
+			n++
+		}
+	}
+	return float64(n) / float64(len(newT.Entries))
+}
+
+// match pairs every new path with the base path it most likely derives
+// from: the same package name, then the most similar tree.
+func match(newTrees, oldTrees map[string]*tree) map[string]string {
+	var olds []string
+	for p := range oldTrees {
+		olds = append(olds, p)
+	}
+	sort.Strings(olds)
+	out := map[string]string{}
+	for np, nt := range newTrees {
+		best, bestScore := "", 0.0
+		for _, op := range olds {
+			score := similarity(oldTrees[op], nt)
+			if pname(op) == pname(np) {
+				score += 1 // the same package wins over a merely similar one
+			}
+			if score > bestScore {
+				best, bestScore = op, score
+			}
+		}
+		if bestScore >= 0.5 {
+			out[np] = best
+		}
+	}
+	return out
+}
+
+// Diff writes a patch taking a device from base to target.
+func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*Stats, error) {
+	if o.Jobs <= 0 {
+		o.Jobs = runtime.GOMAXPROCS(0)
+	}
+	if o.MaxZdictWindow <= 0 {
+		o.MaxZdictWindow = 32 << 20
+	}
+	baseDigest, err := base.Image.Digest()
+	if err != nil {
+		return nil, err
+	}
+	targetDigest, err := target.Image.Digest()
+	if err != nil {
+		return nil, err
+	}
+	inBase := map[string]bool{}
+	for _, p := range base.Config.Paths {
+		inBase[p.Path] = true
+	}
+	inTarget := map[string]bool{}
+	for _, p := range target.Config.Paths {
+		inTarget[p.Path] = true
+	}
+	newTrees, err := loadTrees(ctx, target.Image, target.Config, func(p string) bool { return !inBase[p] })
+	if err != nil {
+		return nil, fmt.Errorf("reading the target: %w", err)
+	}
+	oldTrees, err := loadTrees(ctx, base.Image, base.Config, func(p string) bool { return !inTarget[p] })
+	if err != nil {
+		return nil, fmt.Errorf("reading the base: %w", err)
+	}
+	matches := match(newTrees, oldTrees)
+
+	var newPaths []string
+	for p := range newTrees {
+		newPaths = append(newPaths, p)
+	}
+	sort.Strings(newPaths)
+	hashes := map[string]string{}
+	for _, np := range newPaths {
+		if op, ok := matches[np]; ok {
+			if _, seen := hashes[nix.HashPart(op)]; !seen {
+				hashes[nix.HashPart(op)] = nix.HashPart(np)
+			}
+		}
+	}
+	rw := newRewriter(hashes)
+
+	// Every file of the old trees, by base name, for files that moved.
+	byName := map[string][]string{}
+	for _, op := range sortedKeys(oldTrees) {
+		for _, e := range oldTrees[op].Entries {
+			if e.Type == nix.TypeRegular {
+				name := e.Rel[strings.LastIndex(e.Rel, "/")+1:]
+				if e.Rel == "" {
+					name = nix.NamePart(op)
+				}
+				byName[name] = append(byName[name], source(op, e.Rel))
+			}
+		}
+	}
+	lookupSource := func(src string) *entry {
+		p, rel, _ := strings.Cut(src, "/")
+		t := oldTrees[nix.StoreDir+"/"+p]
+		if t == nil {
+			return nil
+		}
+		return t.lookup(rel)
+	}
+
+	st := &Stats{NewPaths: len(newPaths), Codecs: map[string]int{}, StreamBytes: map[string]int{}}
+	var ops []pathOp
+	type job struct {
+		e      *entryOp
+		newb   []byte
+		source string
+		old    []byte
+	}
+	var jobs []job
+	basePaths := map[string]bool{}
+	for _, np := range newPaths {
+		nt := newTrees[np]
+		p := pathOp{Target: nix.BaseName(np)}
+		var ot *tree
+		if op, ok := matches[np]; ok {
+			ot = oldTrees[op]
+			p.Base = nix.BaseName(op)
+			basePaths[op] = true
+			st.DerivedPaths++
+		} else {
+			st.FreshPaths++
+		}
+		listed := map[string]bool{}
+		for i := range nt.Entries {
+			ne := &nt.Entries[i]
+			if ot != nil {
+				if oe := ot.lookup(ne.Rel); oe != nil && sameEntry(rw, oe, ne) {
+					continue
+				}
+			}
+			listed[ne.Rel] = true
+			e := entryOp{Rel: ne.Rel}
+			switch ne.Type {
+			case nix.TypeDirectory:
+				e.Op = opDir
+			case nix.TypeSymlink:
+				e.Op, e.Target = opSymlink, ne.Target
+			case nix.TypeRegular:
+				e.Op, e.Exec, e.Size, e.SHA256 = opFile, ne.Exec, int64(len(ne.Data)), sha256.Sum256(ne.Data)
+			}
+			p.Entries = append(p.Entries, e)
+		}
+		if ot != nil {
+			// Base entries the target lacks, where the target keeps the parent directory.
+			for _, oe := range ot.Entries {
+				if oe.Rel == "" || nt.lookup(oe.Rel) != nil {
+					continue
+				}
+				parent := ""
+				if i := strings.LastIndex(oe.Rel, "/"); i >= 0 {
+					parent = oe.Rel[:i]
+				}
+				if pe := nt.lookup(parent); pe != nil && pe.Type == nix.TypeDirectory && !(listed[parent] && ot.lookup(parent) == nil) {
+					p.Entries = append(p.Entries, entryOp{Rel: oe.Rel, Op: opRemove})
+				}
+			}
+			sort.SliceStable(p.Entries, func(i, j int) bool { return p.Entries[i].Rel < p.Entries[j].Rel })
+		}
+		ops = append(ops, p)
+	}
+	// Sources for listed files: the same path in the base path, else a file
+	// of the same name anywhere in the base.
+	for i := range ops {
+		p := &ops[i]
+		nt := newTrees[nix.StoreDir+"/"+p.Target]
+		for j := range p.Entries {
+			e := &p.Entries[j]
+			if e.Op != opFile {
+				continue
+			}
+			ne := nt.lookup(e.Rel)
+			st.ListedFiles++
+			var src string
+			if p.Base != "" {
+				if oe := lookupSource(source(nix.StoreDir+"/"+p.Base, e.Rel)); oe != nil && oe.Type == nix.TypeRegular {
+					src = source(nix.StoreDir+"/"+p.Base, e.Rel)
+				}
+			}
+			if src == "" {
+				name := e.Rel[strings.LastIndex(e.Rel, "/")+1:]
+				if e.Rel == "" {
+					name = nix.NamePart(p.Target)
+				}
+				if c := byName[name]; len(c) > 0 {
+					src = c[0]
+				}
+			}
+			if src == "" {
+				e.Codec = codecLiteral
+				jobs = append(jobs, job{e: e, newb: ne.Data})
+				continue
+			}
+			jobs = append(jobs, job{e: e, newb: ne.Data, source: src, old: rw.apply(lookupSource(src).Data)})
+			bp, _, _ := strings.Cut(src, "/")
+			basePaths[nix.StoreDir+"/"+bp] = true
+		}
+	}
+
+	// Encode every listed file, in parallel, then lay the streams out in order.
+	type enc struct {
+		ctrl, diff, extra, literal, frame []byte
+	}
+	encs := make([]enc, len(jobs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Jobs)
+	var mu sync.Mutex
+	for i := range jobs {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			j := jobs[i]
+			r, err := encodeFile(j.e, j.source, j.old, j.newb, o)
+			if err != nil {
+				return fmt.Errorf("%s: %w", j.e.Rel, err)
+			}
+			mu.Lock()
+			encs[i] = enc(r)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var raw [6]bytes.Buffer // ops, control, diff, extra, literal, frames
+	for i, j := range jobs {
+		st.Codecs[codecName(j.e.Codec)]++
+		raw[1].Write(encs[i].ctrl)
+		raw[2].Write(encs[i].diff)
+		raw[3].Write(encs[i].extra)
+		raw[4].Write(encs[i].literal)
+		raw[5].Write(encs[i].frame)
+	}
+	raw[0].Write(marshalOps(ops))
+
+	h := &Header{
+		MediaType: MediaType, Base: baseDigest.String(), Target: targetDigest.String(),
+		BaseSize: base.Config.Closure().NarSize(), TargetSize: target.Config.Closure().NarSize(),
+	}
+	if h.TargetManifest, err = target.Image.RawManifest(); err != nil {
+		return nil, err
+	}
+	if h.TargetConfig, err = target.Image.RawConfigFile(); err != nil {
+		return nil, err
+	}
+	baseInfo := base.Config.Closure()
+	for _, bp := range sortedKeys(basePaths) {
+		info := baseInfo.Lookup(bp)
+		h.BasePaths = append(h.BasePaths, BasePath{Path: bp, NarHash: info.NarHash})
+	}
+	sort.Slice(h.BasePaths, func(i, j int) bool { return h.BasePaths[i].Path < h.BasePaths[j].Path })
+	var streams [6][]byte
+	for i := range raw {
+		if streamNames[i] == "frames" {
+			streams[i] = raw[i].Bytes()
+		} else {
+			streams[i] = compressStream(raw[i].Bytes())
+		}
+		h.Streams = append(h.Streams, Stream{Name: streamNames[i], Size: int64(len(streams[i])), RawSize: int64(raw[i].Len())})
+		st.StreamBytes[streamNames[i]] = len(streams[i])
+	}
+	hb, err := MarshalHeader(h)
+	if err != nil {
+		return nil, err
+	}
+	st.StreamBytes["header"] = len(hb)
+	st.Size = int64(len(hb))
+	if _, err := w.Write(hb); err != nil {
+		return nil, err
+	}
+	for _, s := range streams {
+		if _, err := w.Write(s); err != nil {
+			return nil, err
+		}
+		st.Size += int64(len(s))
+	}
+	return st, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func source(storePath, rel string) string {
+	if rel == "" {
+		return nix.BaseName(storePath)
+	}
+	return nix.BaseName(storePath) + "/" + rel
+}
+
+// sameEntry reports whether the old entry, hashes rewritten, is the new one.
+func sameEntry(rw *rewriter, oe, ne *entry) bool {
+	if oe.Type != ne.Type || oe.Exec != ne.Exec {
+		return false
+	}
+	switch ne.Type {
+	case nix.TypeSymlink:
+		return rw.string(oe.Target) == ne.Target
+	case nix.TypeRegular:
+		return len(oe.Data) == len(ne.Data) && bytes.Equal(rw.apply(oe.Data), ne.Data)
+	}
+	return true
+}
+
+func codecName(c byte) string {
+	return [...]string{"copy", "bsdiff", "zdict", "literal"}[c]
+}
+
+type encoded struct {
+	ctrl, diff, extra, literal, frame []byte
+}
+
+// Stream compression: the best level, an 8 MiB window (the memory a
+// device spends on each stream it decodes).
+const streamWindow = 8 << 20
+
+func compressStream(b []byte) []byte {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithWindowSize(streamWindow), zstd.WithEncoderConcurrency(1))
+	defer enc.Close()
+	return enc.EncodeAll(b, nil)
+}
+
+// encodeFile picks the codec that makes the fewest bytes for one file.
+func encodeFile(e *entryOp, src string, old, newb []byte, o Options) (encoded, error) {
+	lit := encoded{literal: newb}
+	litCost := len(compressStream(newb))
+	if src == "" {
+		e.Codec = codecLiteral
+		return lit, nil
+	}
+	e.Source = src
+	if bytes.Equal(old, newb) {
+		e.Codec = codecCopy
+		return encoded{}, nil
+	}
+	best, bestCost, bestCodec := lit, litCost, byte(codecLiteral)
+	var pred byte = predIdentity
+	// bsdiff against the old file.
+	cs, err := bsdiffControl(old, newb)
+	if err != nil {
+		return encoded{}, err
+	}
+	var p predictor = identity{}
+	diff, extra := encodeBsdiff(old, newb, cs, p)
+	ctrlBytes := marshalCtrl(cs)
+	if cost := len(compressStream(ctrlBytes)) + len(compressStream(diff)) + len(compressStream(extra)); cost < bestCost {
+		best, bestCost, bestCodec = encoded{ctrl: ctrlBytes, diff: diff, extra: extra}, cost, codecBsdiff
+		e.NCtrl = int64(len(cs))
+		e.Pred = pred
+	}
+	// zstd with the old file as a raw dictionary (zstd --patch-from).
+	if int64(len(old)+len(newb)) <= o.MaxZdictWindow {
+		frame, err := zdictEncode(old, newb)
+		if err != nil {
+			return encoded{}, err
+		}
+		if len(frame) < bestCost {
+			best, bestCost, bestCodec = encoded{frame: frame}, len(frame), codecZdict
+			e.Frame = int64(len(frame))
+		}
+	}
+	e.Codec = bestCodec
+	if bestCodec != codecBsdiff {
+		e.NCtrl, e.Pred = 0, 0
+	}
+	if bestCodec != codecZdict {
+		e.Frame = 0
+	}
+	return best, nil
+}
+
+func marshalCtrl(cs []ctrl) []byte {
+	var b []byte
+	for _, c := range cs {
+		b = binary.AppendVarint(b, c.Add)
+		b = binary.AppendVarint(b, c.Extra)
+		b = binary.AppendVarint(b, c.Seek)
+	}
+	return b
+}
+
+// zdictWindow is the zstd window for a file patched from old: a power of
+// two covering old and new.
+func zdictWindow(oldLen, newLen int) int {
+	w := 1 << 20
+	for w < oldLen+newLen {
+		w <<= 1
+	}
+	return w
+}
+
+func zdictEncode(old, newb []byte) ([]byte, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(zdictWindow(len(old), len(newb))), zstd.WithEncoderDictRaw(1, old))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	return enc.EncodeAll(newb, nil), nil
+}
