@@ -3,6 +3,7 @@ package delta
 import (
 	"bufio"
 	"bytes"
+	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -81,7 +82,17 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 	case fi.Size() > total:
 		return nil, fmt.Errorf("%w: %d bytes after the declared end", ErrFormat, fi.Size()-total)
 	}
-	cfg, err := targetConfig(h)
+	sections := make([]*io.SectionReader, len(h.Streams))
+	pos := off
+	for i, s := range h.Streams {
+		sections[i] = io.NewSectionReader(f, pos, s.Size)
+		pos += s.Size
+	}
+	targetRaw, err := decodeAll(sections[sTarget], h.Streams[sTarget].RawSize)
+	if err != nil {
+		return nil, fmt.Errorf("target stream: %w", err)
+	}
+	cfg, err := targetConfig(h, targetRaw)
 	if err != nil {
 		return nil, err
 	}
@@ -93,13 +104,7 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 			return nil, fmt.Errorf("%w: the store lacks %s, which the patch reads", ErrBaseMismatch, bp.Path)
 		}
 	}
-	sections := make([]*io.SectionReader, len(h.Streams))
-	pos := off
-	for i, s := range h.Streams {
-		sections[i] = io.NewSectionReader(f, pos, s.Size)
-		pos += s.Size
-	}
-	opsRaw, err := decodeAll(sections[0], h.Streams[0].RawSize)
+	opsRaw, err := decodeAll(sections[sOps], h.Streams[sOps].RawSize)
 	if err != nil {
 		return nil, fmt.Errorf("op list: %w", err)
 	}
@@ -157,10 +162,7 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 
 	a := &applier{store: storeDir, rw: newRewriter(hashes)}
 	decs := make([]*zstd.Decoder, len(h.Streams))
-	for i := 1; i < len(h.Streams); i++ {
-		if streamNames[i] == "frames" {
-			continue
-		}
+	for _, i := range []int{sControl, sExtra, sLiteral} {
 		d, err := zstd.NewReader(sections[i], zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(streamWindow), zstd.WithDecoderMaxMemory(streamWindow))
 		if err != nil {
 			return nil, err
@@ -168,12 +170,12 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 		defer d.Close()
 		decs[i] = d
 	}
-	a.ctrlRaw = &boundedReader{r: decs[1], left: h.Streams[1].RawSize}
+	a.ctrlRaw = &boundedReader{r: decs[sControl], left: h.Streams[sControl].RawSize}
 	a.ctrl = bufio.NewReader(a.ctrlRaw)
-	a.diff = &boundedReader{r: decs[2], left: h.Streams[2].RawSize}
-	a.extra = &boundedReader{r: decs[3], left: h.Streams[3].RawSize}
-	a.literal = &boundedReader{r: decs[4], left: h.Streams[4].RawSize}
-	a.frames = sections[5]
+	a.diff = &boundedReader{r: bzip2.NewReader(sections[sDiff]), left: h.Streams[sDiff].RawSize}
+	a.extra = &boundedReader{r: decs[sExtra], left: h.Streams[sExtra].RawSize}
+	a.literal = &boundedReader{r: decs[sLiteral], left: h.Streams[sLiteral].RawSize}
+	a.frames = sections[sFrames]
 
 	res := &ApplyResult{Target: h.Target, Built: []string{}, Present: []string{}, Config: cfg}
 	for _, p := range ops {
@@ -203,13 +205,13 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 	}
 	for i, r := range []*boundedReader{a.ctrlRaw, a.diff, a.extra, a.literal} {
 		if r.left != 0 {
-			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.left, streamNames[i+1])
+			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.left, streamNames[sControl+i])
 		}
 		if n, _ := r.r.Read(make([]byte, 1)); n != 0 {
-			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, streamNames[i+1])
+			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, streamNames[sControl+i])
 		}
 	}
-	if a.framePos != h.Streams[5].Size {
+	if a.framePos != h.Streams[sFrames].Size {
 		return nil, fmt.Errorf("%w: frames stream not used exactly", ErrFormat)
 	}
 	if !o.NoFsync {
@@ -238,18 +240,22 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 
 // targetConfig checks the target manifest and config the patch carries
 // against its target digest.
-func targetConfig(h *Header) (*bundle.Config, error) {
-	if d, _, _ := v1.SHA256(bytes.NewReader(h.TargetManifest)); d.String() != h.Target {
+func targetConfig(h *Header, raw []byte) (*bundle.Config, error) {
+	manifest, config, err := parseTarget(raw)
+	if err != nil {
+		return nil, err
+	}
+	if d, _, _ := v1.SHA256(bytes.NewReader(manifest)); d.String() != h.Target {
 		return nil, fmt.Errorf("%w: the target manifest hashes to %s, the header says %s", ErrFormat, d, h.Target)
 	}
-	m, err := v1.ParseManifest(bytes.NewReader(h.TargetManifest))
+	m, err := v1.ParseManifest(bytes.NewReader(manifest))
 	if err != nil {
 		return nil, fmt.Errorf("%w: target manifest: %v", ErrFormat, err)
 	}
-	if d, _, _ := v1.SHA256(bytes.NewReader(h.TargetConfig)); d != m.Config.Digest {
+	if d, _, _ := v1.SHA256(bytes.NewReader(config)); d != m.Config.Digest {
 		return nil, fmt.Errorf("%w: the target config hashes to %s, its manifest says %s", ErrFormat, d, m.Config.Digest)
 	}
-	cfg, err := bundle.ParseConfig(h.TargetConfig)
+	cfg, err := bundle.ParseConfig(config)
 	if err != nil {
 		return nil, err
 	}
@@ -482,6 +488,12 @@ func (a *applier) produce(e *entryOp, w io.Writer) error {
 		_, err = w.Write(old)
 		return err
 	case codecBsdiff:
+		var segs []segment
+		if e.Pred == predAArch64 {
+			if segs, err = a.readSegments(); err != nil {
+				return err
+			}
+		}
 		cs := make([]ctrl, 0, min(e.NCtrl, 1<<16))
 		for i := int64(0); i < e.NCtrl; i++ {
 			var c ctrl
@@ -495,7 +507,15 @@ func (a *applier) produce(e *entryOp, w io.Writer) error {
 		if err := checkControl(cs, int64(len(old)), e.Size); err != nil {
 			return err
 		}
-		return applyBsdiff(old, cs, predictorFor(e.Pred, old), a.diff, a.extra, w)
+		var p predictor = identity{}
+		if e.Pred == predAArch64 {
+			ap, ok := newAArch64(old, cs, segs)
+			if !ok {
+				return fmt.Errorf("%w: aarch64 prediction for a file that is no aarch64 ELF", ErrBaseMismatch)
+			}
+			p = ap
+		}
+		return applyBsdiff(old, cs, p, a.diff, a.extra, w)
 	case codecZdict:
 		if e.Frame > a.frames.Size()-a.framePos {
 			return fmt.Errorf("%w: frame beyond the frames stream", ErrTruncated)
@@ -532,6 +552,19 @@ func (c *countWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func predictorFor(p byte, old []byte) predictor {
-	return identity{}
+// readSegments reads the new file's segment table from the control stream.
+func (a *applier) readSegments() ([]segment, error) {
+	n, err := binary.ReadUvarint(a.ctrl)
+	if err != nil || n == 0 || n > 64 {
+		return nil, fmt.Errorf("%w: segment table (%d entries, %v)", ErrFormat, n, err)
+	}
+	segs := make([]segment, n)
+	for i := range segs {
+		for _, v := range []*uint64{&segs[i].Off, &segs[i].VA, &segs[i].FileSize, &segs[i].MemSize} {
+			if *v, err = binary.ReadUvarint(a.ctrl); err != nil {
+				return nil, fmt.Errorf("%w: segment table: %v", ErrFormat, err)
+			}
+		}
+	}
+	return segs, nil
 }

@@ -100,6 +100,12 @@ func applyBsdiff(oldb []byte, cs []ctrl, p predictor, diff, extra io.Reader, w i
 	for _, c := range cs {
 		for done := int64(0); done < c.Add; {
 			n := min(c.Add-done, chunk)
+			// End chunks on an old-side word boundary, so every word that
+			// lies inside the add stretch is predicted whole, as it was
+			// when the patch was made.
+			if done+n < c.Add {
+				n -= (oldPos + done + n) % 4
+			}
 			pred = p.predict(oldb, oldPos+done, newPos+done, n, pred[:0])
 			if _, err := io.ReadFull(diff, buf[:n]); err != nil {
 				return fmt.Errorf("%w: diff stream: %v", ErrTruncated, err)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"unicode"
 
+	"github.com/dsnet/compress/bzip2"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
@@ -297,26 +298,29 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	var raw [6]bytes.Buffer // ops, control, diff, extra, literal, frames
+	var raw [7]bytes.Buffer // in the order of streamNames
 	for i, j := range jobs {
 		st.Codecs[codecName(j.e.Codec)]++
-		raw[1].Write(encs[i].ctrl)
-		raw[2].Write(encs[i].diff)
-		raw[3].Write(encs[i].extra)
-		raw[4].Write(encs[i].literal)
-		raw[5].Write(encs[i].frame)
+		raw[sControl].Write(encs[i].ctrl)
+		raw[sDiff].Write(encs[i].diff)
+		raw[sExtra].Write(encs[i].extra)
+		raw[sLiteral].Write(encs[i].literal)
+		raw[sFrames].Write(encs[i].frame)
 	}
-	raw[0].Write(marshalOps(ops))
+	raw[sOps].Write(marshalOps(ops))
+	manifest, err := target.Image.RawManifest()
+	if err != nil {
+		return nil, err
+	}
+	config, err := target.Image.RawConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	raw[sTarget].Write(marshalTarget(manifest, config))
 
 	h := &Header{
 		MediaType: MediaType, Base: baseDigest.String(), Target: targetDigest.String(),
 		BaseSize: base.Config.Closure().NarSize(), TargetSize: target.Config.Closure().NarSize(),
-	}
-	if h.TargetManifest, err = target.Image.RawManifest(); err != nil {
-		return nil, err
-	}
-	if h.TargetConfig, err = target.Image.RawConfigFile(); err != nil {
-		return nil, err
 	}
 	baseInfo := base.Config.Closure()
 	for _, bp := range sortedKeys(basePaths) {
@@ -324,11 +328,14 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 		h.BasePaths = append(h.BasePaths, BasePath{Path: bp, NarHash: info.NarHash})
 	}
 	sort.Slice(h.BasePaths, func(i, j int) bool { return h.BasePaths[i].Path < h.BasePaths[j].Path })
-	var streams [6][]byte
+	var streams [7][]byte
 	for i := range raw {
-		if streamNames[i] == "frames" {
+		switch streamNames[i] {
+		case "frames":
 			streams[i] = raw[i].Bytes()
-		} else {
+		case "diff":
+			streams[i] = compressDiff(raw[i].Bytes())
+		default:
 			streams[i] = compressStream(raw[i].Bytes())
 		}
 		h.Streams = append(h.Streams, Stream{Name: streamNames[i], Size: int64(len(streams[i])), RawSize: int64(raw[i].Len())})
@@ -394,6 +401,17 @@ type encoded struct {
 // device spends on each stream it decodes).
 const streamWindow = 8 << 20
 
+// compressDiff compresses a diff stream: mostly zeros with sparse small
+// differences, which bzip2's block sorting codes far better than zstd
+// (measured on corpus r1->r2: 110 KB against 199 KB for node_exporter).
+func compressDiff(b []byte) []byte {
+	var buf bytes.Buffer
+	w, _ := bzip2.NewWriter(&buf, &bzip2.WriterConfig{Level: bzip2.BestCompression})
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
 func compressStream(b []byte) []byte {
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithWindowSize(streamWindow), zstd.WithEncoderConcurrency(1))
 	defer enc.Close()
@@ -414,19 +432,24 @@ func encodeFile(e *entryOp, src string, old, newb []byte, o Options) (encoded, e
 		return encoded{}, nil
 	}
 	best, bestCost, bestCodec := lit, litCost, byte(codecLiteral)
-	var pred byte = predIdentity
-	// bsdiff against the old file.
+	// bsdiff against the old file, with plain and aarch64 prediction.
 	cs, err := bsdiffControl(old, newb)
 	if err != nil {
 		return encoded{}, err
 	}
-	var p predictor = identity{}
-	diff, extra := encodeBsdiff(old, newb, cs, p)
-	ctrlBytes := marshalCtrl(cs)
-	if cost := len(compressStream(ctrlBytes)) + len(compressStream(diff)) + len(compressStream(extra)); cost < bestCost {
-		best, bestCost, bestCodec = encoded{ctrl: ctrlBytes, diff: diff, extra: extra}, cost, codecBsdiff
-		e.NCtrl = int64(len(cs))
-		e.Pred = pred
+	try := func(pred byte, p predictor, head []byte) {
+		diff, extra := encodeBsdiff(old, newb, cs, p)
+		ctrlBytes := append(head, marshalCtrl(cs)...)
+		if cost := len(compressStream(ctrlBytes)) + len(compressDiff(diff)) + len(compressStream(extra)); cost < bestCost {
+			best, bestCost, bestCodec = encoded{ctrl: ctrlBytes, diff: diff, extra: extra}, cost, codecBsdiff
+			e.NCtrl, e.Pred = int64(len(cs)), pred
+		}
+	}
+	try(predIdentity, identity{}, nil)
+	if newSegs, ok := elfSegments(newb); ok && !o.NoPredict {
+		if p, ok := newAArch64(old, cs, newSegs); ok {
+			try(predAArch64, p, marshalSegments(newSegs))
+		}
 	}
 	// zstd with the old file as a raw dictionary (zstd --patch-from).
 	if int64(len(old)+len(newb)) <= o.MaxZdictWindow {

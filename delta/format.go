@@ -31,7 +31,18 @@ const (
 )
 
 // Stream names, in the order the streams follow the header.
-var streamNames = []string{"ops", "control", "diff", "extra", "literal", "frames"}
+var streamNames = []string{"target", "ops", "control", "diff", "extra", "literal", "frames"}
+
+// Stream indexes.
+const (
+	sTarget = iota
+	sOps
+	sControl
+	sDiff
+	sExtra
+	sLiteral
+	sFrames
+)
 
 var (
 	// ErrFormat is returned for bytes that are not a valid patch.
@@ -51,15 +62,13 @@ var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // Header is the patch's JSON header.
 type Header struct {
-	MediaType      string     `json:"mediaType"`
-	Base           string     `json:"base"`
-	Target         string     `json:"target"`
-	BaseSize       int64      `json:"baseSize"`
-	TargetSize     int64      `json:"targetSize"`
-	BasePaths      []BasePath `json:"basePaths"`
-	TargetManifest []byte     `json:"targetManifest"`
-	TargetConfig   []byte     `json:"targetConfig"`
-	Streams        []Stream   `json:"streams"`
+	MediaType  string     `json:"mediaType"`
+	Base       string     `json:"base"`
+	Target     string     `json:"target"`
+	BaseSize   int64      `json:"baseSize"`
+	TargetSize int64      `json:"targetSize"`
+	BasePaths  []BasePath `json:"basePaths"`
+	Streams    []Stream   `json:"streams"`
 }
 
 // BasePath is a store path of the base that the patch reads.
@@ -86,8 +95,6 @@ func (h *Header) Validate() error {
 		return bad("base %q or target %q is not a digest", h.Base, h.Target)
 	case h.BaseSize <= 0 || h.TargetSize <= 0:
 		return bad("sizes must be positive")
-	case len(h.TargetManifest) == 0 || len(h.TargetConfig) == 0:
-		return bad("no target manifest or config")
 	case len(h.Streams) != len(streamNames):
 		return bad("%d streams, want %d", len(h.Streams), len(streamNames))
 	}
@@ -109,7 +116,7 @@ func (h *Header) Validate() error {
 		// Nothing decompresses to more than the target itself, or the op
 		// list bound; frames are stored as they are.
 		limit := h.TargetSize
-		if s.Name == "ops" {
+		if s.Name == "ops" || s.Name == "target" {
 			limit = MaxOpsSize
 		}
 		if s.Name == "control" {
@@ -445,4 +452,20 @@ func checkSource(s string) error {
 		return fmt.Errorf("%w: source %q", ErrFormat, s)
 	}
 	return checkRel(string(rel))
+}
+
+// marshalTarget and parseTarget carry the target's manifest and config:
+// uvarint length of the manifest, the manifest, the config.
+func marshalTarget(manifest, config []byte) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(manifest)))
+	b = append(b, manifest...)
+	return append(b, config...)
+}
+
+func parseTarget(b []byte) (manifest, config []byte, err error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, nil, fmt.Errorf("%w: target stream", ErrFormat)
+	}
+	return b[k : k+int(n)], b[k+int(n):], nil
 }
