@@ -62,7 +62,7 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 			return nil, err
 		}
 		if got := "sha256:" + hex.EncodeToString(d.Sum(nil)); got != o.PatchDigest {
-			return nil, fmt.Errorf("%w: the patch file hashes to %s, the signed statement says %s", ErrFormat, got, o.PatchDigest)
+			return nil, fmt.Errorf("%w: the patch file hashes to %s, the signed statement says %s", ErrPatchDigest, got, o.PatchDigest)
 		}
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return nil, err
@@ -274,7 +274,7 @@ func decodeAll(r io.Reader, rawSize int64) ([]byte, error) {
 	defer d.Close()
 	data, err := io.ReadAll(io.LimitReader(d, rawSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
+		return nil, streamErr("a", err)
 	}
 	if int64(len(data)) != rawSize {
 		return nil, fmt.Errorf("%w: stream is %d bytes, declared %d", ErrFormat, len(data), rawSize)
@@ -473,11 +473,10 @@ func (a *applier) writeFile(e *entryOp, target string) error {
 func (a *applier) produce(e *entryOp, w io.Writer) error {
 	switch e.Codec {
 	case codecLiteral:
-		_, err := io.CopyN(w, a.literal, e.Size)
-		if err != nil {
-			err = fmt.Errorf("%w: literal stream: %v", ErrTruncated, err)
+		if _, err := io.CopyN(w, a.literal, e.Size); err != nil {
+			return streamErr("literal", err)
 		}
-		return err
+		return nil
 	}
 	old, err := a.readSource(e.Source)
 	if err != nil {
@@ -499,7 +498,7 @@ func (a *applier) produce(e *entryOp, w io.Writer) error {
 			var c ctrl
 			for _, v := range []*int64{&c.Add, &c.Extra, &c.Seek} {
 				if *v, err = binary.ReadVarint(a.ctrl); err != nil {
-					return fmt.Errorf("%w: control stream: %v", ErrFormat, err)
+					return streamErr("control", err)
 				}
 			}
 			cs = append(cs, c)
@@ -531,7 +530,7 @@ func (a *applier) produce(e *entryOp, w io.Writer) error {
 		defer d.Close()
 		n, err := io.Copy(w, io.LimitReader(d, e.Size+1))
 		if err != nil {
-			return fmt.Errorf("%w: zstd frame: %v", ErrFormat, err)
+			return streamErr("frames", err)
 		}
 		if n != e.Size {
 			return fmt.Errorf("%w: zstd frame gives %d bytes, declared %d", ErrTargetMismatch, n, e.Size)

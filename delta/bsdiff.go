@@ -108,7 +108,7 @@ func applyBsdiff(oldb []byte, cs []ctrl, p predictor, diff, extra io.Reader, w i
 			}
 			pred = p.predict(oldb, oldPos+done, newPos+done, n, pred[:0])
 			if _, err := io.ReadFull(diff, buf[:n]); err != nil {
-				return fmt.Errorf("%w: diff stream: %v", ErrTruncated, err)
+				return streamErr("diff", err)
 			}
 			for i := range n {
 				buf[i] += pred[i]
@@ -121,7 +121,7 @@ func applyBsdiff(oldb []byte, cs []ctrl, p predictor, diff, extra io.Reader, w i
 		newPos += c.Add
 		oldPos += c.Add
 		if _, err := io.CopyN(w, extra, c.Extra); err != nil {
-			return fmt.Errorf("%w: extra stream: %v", ErrTruncated, err)
+			return streamErr("extra", err)
 		}
 		newPos += c.Extra
 		oldPos += c.Seek

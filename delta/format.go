@@ -51,6 +51,12 @@ var (
 	ErrTruncated = errors.New("delta: truncated patch")
 	// ErrTooLarge is returned for declared sizes over the bounds.
 	ErrTooLarge = errors.New("delta: patch declares sizes over the bounds")
+	// ErrCorrupt is returned when a stream of the patch does not decode:
+	// a tampered or damaged patch.
+	ErrCorrupt = errors.New("delta: corrupt patch stream")
+	// ErrPatchDigest is returned when the patch file is not the one its
+	// signed statement names.
+	ErrPatchDigest = errors.New("delta: patch is not the signed one")
 	// ErrBaseMismatch is returned for a patch made for another base.
 	ErrBaseMismatch = errors.New("delta: patch is for another base release")
 	// ErrTargetMismatch is returned when what the patch builds is not the
@@ -468,4 +474,16 @@ func parseTarget(b []byte) (manifest, config []byte, err error) {
 		return nil, nil, fmt.Errorf("%w: target stream", ErrFormat)
 	}
 	return b[k : k+int(n)], b[k+int(n):], nil
+}
+
+// streamErr names a failure to read a stream: the stream ended early
+// (truncated), or its bytes do not decode (corrupt).
+func streamErr(stream string, err error) error {
+	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrFormat) || errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: %s stream: %v", ErrTruncated, stream, err)
+	}
+	return fmt.Errorf("%w: %s stream: %v", ErrCorrupt, stream, err)
 }

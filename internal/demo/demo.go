@@ -45,27 +45,64 @@ func StorePath(name string) string {
 // Root is the demo closure's root store path.
 var Root = StorePath("otter-demo-release-1")
 
-func paths() []storePath {
-	greeting := StorePath("otter-demo-greeting-1.0")
-	hello := StorePath("otter-demo-hello-1.0")
+func paths() []storePath { return releasePaths(1) }
+
+// releasePaths is the demo closure of release n. Release 2 changes the
+// greeting, which renames every path that depends on it, as a fix in a
+// base library does in Nix.
+func releasePaths(n int) []storePath {
+	v := fmt.Sprint(n)
+	greetingName, helloName := "otter-demo-greeting-"+v+".0", "otter-demo-hello-"+v+".0"
+	greeting, hello := StorePath(greetingName), StorePath(helloName)
+	text := "Hello from a store path, unpacked by otter.\n"
+	if n > 1 {
+		text = "Hello from release " + v + ", patched by otter.\n"
+	}
 	return []storePath{
-		{name: "otter-demo-greeting-1.0", files: []file{
-			{path: "share/greeting.txt", content: "Hello from a store path, unpacked by otter.\n"},
+		{name: greetingName, files: []file{
+			{path: "share/greeting.txt", content: text},
 		}},
-		{name: "otter-demo-hello-1.0", files: []file{
+		{name: helloName, files: []file{
 			{path: "bin/hello", exec: true, content: "#!/bin/sh\nexec cat " + greeting + "/share/greeting.txt\n"},
 			{path: "share/doc/hello/README", content: "hello prints a greeting.\n"},
 		}},
-		{name: "otter-demo-release-1", files: []file{
+		{name: "otter-demo-release-" + v, files: []file{
 			{path: "bin", symlink: true, content: hello + "/bin"},
-			{path: "release.json", content: `{"release":1,"packages":["` + hello + `"]}` + "\n"},
+			{path: "release.json", content: `{"release":` + v + `,"packages":["` + hello + `"]}` + "\n"},
 		}},
 	}
 }
 
+// WriteRelease writes release n of the demo closure into storeDir and
+// returns its closure, NAR hashes computed from what it wrote.
+func WriteRelease(storeDir string, n int) (*nix.Closure, error) {
+	sps := releasePaths(n)
+	if err := writePaths(storeDir, sps); err != nil {
+		return nil, err
+	}
+	var infos []nix.PathInfo
+	var prev string
+	for _, sp := range sps {
+		p := StorePath(sp.name)
+		h, size, err := nix.HashPath(filepath.Join(storeDir, nix.BaseName(p)))
+		if err != nil {
+			return nil, err
+		}
+		refs := []string{}
+		if prev != "" {
+			refs = []string{prev}
+		}
+		infos = append(infos, nix.PathInfo{Path: p, NarHash: h, NarSize: size, References: refs})
+		prev = p
+	}
+	return nix.NewClosure(prev, infos)
+}
+
 // Write creates the demo store paths in storeDir with store modes.
-func Write(storeDir string) error {
-	for _, sp := range paths() {
+func Write(storeDir string) error { return writePaths(storeDir, paths()) }
+
+func writePaths(storeDir string, sps []storePath) error {
+	for _, sp := range sps {
 		root := filepath.Join(storeDir, nix.BaseName(StorePath(sp.name)))
 		var dirs []string
 		for _, f := range sp.files {
