@@ -276,10 +276,25 @@ type opReader struct {
 	r *bufio.Reader
 }
 
+// uvarint reads an unsigned LEB128 varint in its one minimal encoding,
+// so that an op list has exactly one byte form.
 func (o *opReader) uvarint(max uint64) (uint64, error) {
-	v, err := binary.ReadUvarint(o.r)
-	if err != nil {
-		return 0, fmt.Errorf("%w: op list: %v", ErrFormat, err)
+	var v uint64
+	for i := 0; ; i++ {
+		b, err := o.r.ReadByte()
+		if err != nil {
+			return 0, fmt.Errorf("%w: op list: %v", ErrFormat, err)
+		}
+		if i == 9 && b > 1 || i > 9 {
+			return 0, fmt.Errorf("%w: op list: varint overflows 64 bits", ErrFormat)
+		}
+		if i > 0 && b == 0 {
+			return 0, fmt.Errorf("%w: op list: varint not in minimal form", ErrFormat)
+		}
+		v |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			break
+		}
 	}
 	if v > max {
 		return 0, fmt.Errorf("%w: op list value %d over %d", ErrTooLarge, v, max)
