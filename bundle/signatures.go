@@ -51,9 +51,9 @@ func (a *artifact) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 	return nil, fmt.Errorf("bundle: no blob %s", h)
 }
 
-// newArtifact makes an artifact of artifactType holding one blob, whose
-// subject is the given manifest.
-func newArtifact(artifactType string, blob []byte, mt types.MediaType, subject v1.Descriptor) (v1.Image, error) {
+// NewArtifact makes an OCI 1.1 artifact of artifactType holding one blob
+// of media type mt, whose subject is the given manifest.
+func NewArtifact(artifactType string, blob []byte, mt types.MediaType, subject v1.Descriptor, annotations map[string]string) (v1.Image, error) {
 	cd, cs, err := v1.SHA256(bytes.NewReader(emptyJSON))
 	if err != nil {
 		return nil, err
@@ -70,6 +70,7 @@ func newArtifact(artifactType string, blob []byte, mt types.MediaType, subject v
 		ArtifactType:  artifactType,
 		Config:        v1.Descriptor{MediaType: EmptyMediaType, Size: cs, Digest: cd, Data: emptyJSON},
 		Layers:        []v1.Descriptor{{MediaType: mt, Size: int64(len(blob)), Digest: ld}},
+		Annotations:   annotations,
 		Subject:       &subject,
 	}
 	raw, err := json.Marshal(m)
@@ -90,10 +91,16 @@ func cosignTag(h v1.Hash) string { return fallbackTag(h) + ".sig" }
 // registry without the referrers API gets the sha256-<hex> tag fallback;
 // a layout always does.
 func Attach(ctx context.Context, ref Ref, subject v1.Descriptor, artifactType string, envelope []byte, opts ...IOOption) (v1.Descriptor, error) {
-	img, err := newArtifact(artifactType, envelope, EnvelopeMediaType, subject)
+	img, err := NewArtifact(artifactType, envelope, EnvelopeMediaType, subject, nil)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
+	return AttachArtifact(ctx, ref, subject, img, opts...)
+}
+
+// AttachArtifact stores an artifact whose subject is the bundle subject,
+// as Attach does.
+func AttachArtifact(ctx context.Context, ref Ref, subject v1.Descriptor, img v1.Image, opts ...IOOption) (v1.Descriptor, error) {
 	desc, err := DescriptorOf(img)
 	if err != nil {
 		return desc, err
@@ -122,7 +129,11 @@ func Attach(ctx context.Context, ref Ref, subject v1.Descriptor, artifactType st
 	if err != nil {
 		return desc, err
 	}
-	desc.Annotations = nil
+	m, err := img.Manifest()
+	if err != nil {
+		return desc, err
+	}
+	desc.Annotations = m.Annotations
 	idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: desc})
 	return desc, writeLayoutIndex(ctx, idx, tagRef)
 }
@@ -130,20 +141,38 @@ func Attach(ctx context.Context, ref Ref, subject v1.Descriptor, artifactType st
 // Attached returns the blobs of the referrers of subject with the given
 // artifact type, in the repository or layout of ref.
 func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string, opts ...IOOption) ([][]byte, error) {
+	descs, err := Referrers(ctx, ref, subject, artifactType, opts...)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, d := range descs {
+		blob, err := ArtifactBlob(ctx, ref, subject, d.Digest, artifactType, sign.MaxEnvelopeSize, opts...)
+		if errors.Is(err, errNotOurs) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, blob)
+	}
+	return out, nil
+}
+
+var errNotOurs = errors.New("bundle: not an artifact of that kind for this subject")
+
+// Referrers lists the artifacts of artifactType whose subject is subject,
+// with their annotations, in the repository or layout of ref.
+func Referrers(ctx context.Context, ref Ref, subject v1.Hash, artifactType string, opts ...IOOption) ([]v1.Descriptor, error) {
 	o, err := makeIOOptions(opts)
 	if err != nil {
 		return nil, err
 	}
 	var idx v1.ImageIndex
-	var fetch func(v1.Hash) (v1.Image, error)
 	if ref.Remote != nil {
-		repo := ref.Remote.Context()
-		ropts := o.remote(ctx)
-		idx, err = remote.Referrers(repo.Digest(subject.String()), ropts...)
-		fetch = func(h v1.Hash) (v1.Image, error) { return remote.Image(repo.Digest(h.String()), ropts...) }
+		idx, err = remote.Referrers(ref.Remote.Context().Digest(subject.String()), o.remote(ctx)...)
 	} else {
 		idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)})
-		fetch = func(h v1.Hash) (v1.Image, error) { return idx.Image(h) }
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing what is attached to %s: %w", subject, classify(err))
@@ -152,38 +181,61 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 	if err != nil {
 		return nil, err
 	}
-	var out [][]byte
+	var out []v1.Descriptor
 	for i, d := range im.Manifests {
 		if i >= MaxAttachments {
 			break
 		}
 		// Some registries (go-containerregistry's own) report the config's
-		// media type instead of the manifest's artifactType: look inside.
-		if d.ArtifactType != artifactType && d.ArtifactType != string(EmptyMediaType) && d.ArtifactType != "" {
-			continue
+		// media type instead of the manifest's artifactType: ArtifactBlob
+		// looks inside.
+		if d.ArtifactType == artifactType || d.ArtifactType == string(EmptyMediaType) || d.ArtifactType == "" {
+			d.ArtifactType = artifactType
+			out = append(out, d)
 		}
-		img, err := fetch(d.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("reading attachment %s: %w", d.Digest, classify(err))
-		}
-		m, err := img.Manifest()
-		if err != nil {
-			return nil, err
-		}
-		if m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != subject || len(m.Layers) != 1 || m.Layers[0].Size > sign.MaxEnvelopeSize {
-			continue // not one of ours, or not for this subject
-		}
-		l, err := img.LayerByDigest(m.Layers[0].Digest)
-		if err != nil {
-			return nil, err
-		}
-		blob, err := readBlob(l, sign.MaxEnvelopeSize)
-		if err != nil {
-			return nil, fmt.Errorf("reading attachment %s: %w", d.Digest, err)
-		}
-		out = append(out, blob)
 	}
 	return out, nil
+}
+
+// ArtifactBlob reads the one blob of the artifact manifest h, checking that
+// it is an artifact of artifactType for subject and that the blob is at
+// most max bytes.
+func ArtifactBlob(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType string, max int64, opts ...IOOption) ([]byte, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	var img v1.Image
+	if ref.Remote != nil {
+		img, err = remote.Image(ref.Remote.Context().Digest(h.String()), o.remote(ctx)...)
+	} else {
+		var idx v1.ImageIndex
+		if idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)}); err == nil {
+			img, err = idx.Image(h)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading attachment %s: %w", h, classify(err))
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	if m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != subject || len(m.Layers) != 1 {
+		return nil, errNotOurs
+	}
+	if m.Layers[0].Size > max {
+		return nil, fmt.Errorf("%w: attachment %s holds %d bytes, more than %d", sign.ErrOversized, h, m.Layers[0].Size, max)
+	}
+	l, err := img.LayerByDigest(m.Layers[0].Digest)
+	if err != nil {
+		return nil, err
+	}
+	blob, err := readBlob(l, max)
+	if err != nil {
+		return nil, fmt.Errorf("reading attachment %s: %w", h, err)
+	}
+	return blob, nil
 }
 
 // readBlob reads a layer's bytes, checking their digest and a size bound.

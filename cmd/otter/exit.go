@@ -11,6 +11,7 @@ import (
 
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/sign"
 )
@@ -37,6 +38,8 @@ const (
 	exitMixAndMatch  = 17  // a statement for another artifact, or of another kind
 	exitMalformed    = 18  // a malformed, truncated or oversized statement
 	exitNotSigned    = 19  // no signature at all
+	exitPatchBase    = 20  // a patch for another base release
+	exitPatchInvalid = 21  // a truncated, corrupt, tampered or oversized patch, or one that does not build the target
 	exitInterrupted  = 130 // interrupted (Ctrl-C or SIGTERM)
 )
 
@@ -81,6 +84,11 @@ func exitCode(err error) int {
 		return exitNotSigned
 	case errors.Is(err, sign.ErrKey), errors.Is(err, sign.ErrPassphrase), errors.Is(err, sign.ErrTrust):
 		return exitInvalid
+	case errors.Is(err, delta.ErrBaseMismatch):
+		return exitPatchBase
+	case errors.Is(err, delta.ErrTruncated), errors.Is(err, delta.ErrCorrupt), errors.Is(err, delta.ErrPatchDigest),
+		errors.Is(err, delta.ErrTargetMismatch), errors.Is(err, delta.ErrFormat), errors.Is(err, delta.ErrTooLarge):
+		return exitPatchInvalid
 	case errors.Is(err, bundle.ErrLayerDigest), errors.Is(err, bundle.ErrCorruptPath), errors.Is(err, bundle.ErrLayerFormat):
 		return exitIntegrity
 	case errors.Is(err, bundle.ErrNarHashMismatch), errors.Is(err, nix.ErrNotClosed), errors.Is(err, nix.ErrNotInClosure),

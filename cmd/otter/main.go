@@ -73,6 +73,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			verifyCommand(),
 			trustCommand(),
 			exportCommand(),
+			deltaCommand(),
+			applyCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

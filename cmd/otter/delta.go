@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/delta"
+	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/sign"
+)
+
+// Annotations of a published patch artifact.
+const (
+	annotationPatchBase   = "dev.otter.patch.base"
+	annotationPatchTarget = "dev.otter.patch.target"
+)
+
+// patchResult is one patch of otter delta's --json output.
+type patchResult struct {
+	From      string       `json:"from"`
+	Base      v1.Hash      `json:"base"`
+	Target    v1.Hash      `json:"target"`
+	Size      int64        `json:"size"`
+	Share     float64      `json:"share"` // of the target bundle's compressed size
+	Skipped   bool         `json:"skipped"`
+	Reason    string       `json:"reason,omitempty"`
+	File      string       `json:"file,omitempty"`
+	Digest    string       `json:"digest,omitempty"`
+	Artifact  string       `json:"artifact,omitempty"`
+	Statement *sign.Patch  `json:"statement,omitempty"`
+	Stats     *delta.Stats `json:"stats,omitempty"`
+	Seconds   float64      `json:"seconds"`
+}
+
+type deltaResult struct {
+	To      string        `json:"to"`
+	Patches []patchResult `json:"patches"`
+}
+
+func deltaCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "delta",
+		Usage:     "make a signed patch from each base release to a target release",
+		ArgsUsage: "TO",
+		Description: `Makes one patch per --from base: the target's new store paths rebuilt from the
+base's, with store-path hashes rewritten and every changed file diffed
+(docs/delta.md). A patch larger than --max-share of the target bundle is not
+made: a device is better off fetching the layers it lacks.
+
+Patches are published next to TO (its repository or OCI layout) as artifacts
+whose subject is TO, annotated with their base digest, and with --key a signed
+patch statement beside each; --write DIR also writes the patch files.`,
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "from", Required: true, Usage: "a base release (repeatable)"},
+			&cli.StringFlag{Name: "write", Usage: "also write the patch files into this directory"},
+			&cli.BoolFlag{Name: "no-publish", Usage: "do not publish the patches next to TO"},
+			&cli.Float64Flag{Name: "max-share", Value: 0.6, Usage: "make no patch larger than this share of the target bundle"},
+			&cli.StringSliceFlag{Name: "key", Aliases: []string{"k"}, Usage: "sign each patch with this key (repeatable)"},
+			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the channel in the patch statements"},
+			&cli.StringFlag{Name: "expires", Value: "30d", Usage: "expiry of the patch statements"},
+		}, registryFlags()...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("delta takes one target release, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			var keys []crypto.Signer
+			for _, spec := range c.StringSlice("key") {
+				k, err := loadKey(u, spec)
+				if err != nil {
+					return err
+				}
+				keys = append(keys, k)
+			}
+			now := time.Now().UTC()
+			expires, err := parseExpiry(c.String("expires"), now)
+			if err != nil {
+				return err
+			}
+			toRef, toImg, toCfg, err := openArg(c, c.Args().First())
+			if err != nil {
+				return err
+			}
+			toDesc, err := bundle.DescriptorOf(toImg)
+			if err != nil {
+				return err
+			}
+			m, err := toImg.Manifest()
+			if err != nil {
+				return err
+			}
+			var full int64
+			for _, l := range m.Layers {
+				full += l.Size
+			}
+			res := deltaResult{To: toRef.String()}
+			for _, from := range c.StringSlice("from") {
+				pr, err := makePatch(c, u, from, delta.Release{Image: toImg, Config: toCfg}, toRef, toDesc, full, keys, now, expires)
+				if err != nil {
+					return err
+				}
+				res.Patches = append(res.Patches, *pr)
+			}
+			return u.result(res, func(w io.Writer) {
+				for _, p := range res.Patches {
+					if p.Skipped {
+						fmt.Fprintf(w, "%s -> %s: no patch (%s)\n", p.From, res.To, p.Reason)
+						continue
+					}
+					fmt.Fprintf(w, "%s -> %s: %s (%.1f%% of the full bundle), made in %.1f s\n", p.From, res.To, humanBytes(p.Size), 100*p.Share, p.Seconds)
+					if p.Artifact != "" {
+						fmt.Fprintf(w, "  published as %s", p.Artifact)
+						if p.Statement != nil {
+							fmt.Fprint(w, ", signed")
+						}
+						fmt.Fprintln(w)
+					}
+					if p.File != "" {
+						fmt.Fprintf(w, "  written to %s\n", p.File)
+					}
+				}
+			})
+		},
+	}
+}
+
+func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef bundle.Ref, toDesc v1.Descriptor, full int64, keys []crypto.Signer, now, expires time.Time) (*patchResult, error) {
+	_, fromImg, fromCfg, err := openArg(c, from)
+	if err != nil {
+		return nil, err
+	}
+	baseDigest, err := fromImg.Digest()
+	if err != nil {
+		return nil, err
+	}
+	if fromCfg.System != to.Config.System {
+		return nil, usageErrorf("%s is for %s, the target for %s", from, fromCfg.System, to.Config.System)
+	}
+	pr := &patchResult{From: from, Base: baseDigest, Target: toDesc.Digest}
+	tmp, err := os.CreateTemp("", "otter-patch-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	start := time.Now()
+	u.info("diffing %s against %s …", from, toRef)
+	st, err := delta.Diff(c.Context, delta.Release{Image: fromImg, Config: fromCfg}, to, tmp, delta.Options{Jobs: c.Int("jobs")})
+	if err != nil {
+		return nil, err
+	}
+	pr.Seconds = time.Since(start).Seconds()
+	pr.Size, pr.Stats = st.Size, st
+	pr.Share = float64(st.Size) / float64(full)
+	if pr.Share > c.Float64("max-share") {
+		pr.Skipped = true
+		pr.Reason = fmt.Sprintf("%s is %.0f%% of the %s bundle, over --max-share %.0f%%: devices fetch the missing layers instead",
+			humanBytes(st.Size), 100*pr.Share, humanBytes(full), 100*c.Float64("max-share"))
+		return pr, nil
+	}
+	patch, err := os.ReadFile(tmp.Name())
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(patch)
+	pr.Digest = "sha256:" + hex.EncodeToString(sum[:])
+	if dir := c.String("write"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		pr.File = filepath.Join(dir, baseDigest.Hex[:12]+"-"+toDesc.Digest.Hex[:12]+".patch")
+		if err := fsutil.AtomicWrite(pr.File, patch, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if c.Bool("no-publish") {
+		return pr, nil
+	}
+	art, err := bundle.NewArtifact(delta.ArtifactType, patch, types.MediaType(delta.LayerMediaType), toDesc,
+		map[string]string{annotationPatchBase: baseDigest.String(), annotationPatchTarget: toDesc.Digest.String()})
+	if err != nil {
+		return nil, err
+	}
+	ad, err := bundle.AttachArtifact(c.Context, toRef, toDesc, art, ioOptions(c, nil)...)
+	if err != nil {
+		return nil, err
+	}
+	pr.Artifact = ad.Digest.String()
+	if len(keys) == 0 {
+		return pr, nil
+	}
+	keyid, _ := sign.KeyID(keys[0].Public())
+	h, _, err := delta.ParseHeader(bytes.NewReader(patch))
+	if err != nil {
+		return nil, err
+	}
+	stmt := &sign.Patch{
+		Base: baseDigest.String(), Target: toDesc.Digest.String(), Patch: pr.Digest,
+		BaseSize: h.BaseSize, TargetSize: h.TargetSize, PatchSize: int64(len(patch)),
+		Version: to.Config.Version, Channel: c.String("channel"), System: to.Config.System,
+		Created: sign.FormatTime(now), Expires: sign.FormatTime(expires), KeyID: keyid,
+	}
+	payload, err := stmt.Marshal()
+	if err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	env, err := sign.Seal(sign.PatchType, payload, keys...)
+	if err != nil {
+		return nil, err
+	}
+	envBytes, err := env.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := bundle.Attach(c.Context, toRef, toDesc, sign.PatchType, envBytes, ioOptions(c, nil)...); err != nil {
+		return nil, err
+	}
+	pr.Statement = stmt
+	return pr, nil
+}
+
+func applyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "apply",
+		Usage:     "rebuild a target release's new store paths from the installed ones and a patch",
+		ArgsUsage: "PATCH",
+		Description: `Checks the patch (its digest with --patch-digest, its header, its base) before
+touching anything, builds every new store path in a staging directory inside
+the store, checks every file's SHA-256 and every path's NAR hash against the
+target closure the patch carries, and only then renames the paths into place.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "store", Value: "/nix/store", Usage: "the store directory"},
+			&cli.StringFlag{Name: "installed", Usage: "the installed release's bundle digest; a patch for another base is refused"},
+			&cli.StringFlag{Name: "patch-digest", Usage: "the digest the signed patch statement names"},
+			&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync before renaming (scratch stores)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("apply takes one patch file, got %d arguments", c.NArg())
+			}
+			u := newUI(c)
+			res, err := delta.Apply(c.Context, c.Args().First(), c.String("store"), delta.ApplyOptions{
+				Installed: c.String("installed"), PatchDigest: c.String("patch-digest"), NoFsync: c.Bool("no-fsync"),
+			})
+			if err != nil {
+				return err
+			}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "applied: %d new store paths built, %d already present; target %s\n", len(res.Built), len(res.Present), res.Target)
+			})
+		},
+	}
+}
