@@ -493,8 +493,9 @@ func zdictWindow(oldLen, newLen int) int {
 }
 
 func zdictEncode(old, newb []byte) ([]byte, error) {
+	// No frame checksum: every produced file's SHA-256 is checked anyway.
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(zdictWindow(len(old), len(newb))), zstd.WithEncoderDictRaw(1, old))
+		zstd.WithWindowSize(zdictWindow(len(old), len(newb))), zstd.WithEncoderDictRaw(1, old), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}

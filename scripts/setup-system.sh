@@ -18,7 +18,7 @@ packages=(
   busybox-static    # a builder for test derivations that needs no nixpkgs
   qemu-user-static  # aarch64 emulation
   patchelf          # the release corpus generator
-  zstd xz-utils     # benchmark baselines
+  zstd xz-utils xdelta3 bsdiff  # benchmark baselines
   ca-certificates git python3
 )
 

@@ -83,14 +83,18 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each command")
 	release := flag.String("release", "r1", "corpus release to bundle")
 	write := flag.String("write", "", "replace the generated sections of this markdown file")
+	only := flag.String("only", "", "run only this section: bundle, emulation, delta")
+	flag.BoolVar(&withBsdiff, "bsdiff", true, "run bsdiff over the whole tar too (about a minute and 1 GB a pair)")
 	flag.Parse()
-	if err := run(*runs, *release, *write); err != nil {
+	if err := run(*runs, *release, *write, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs int, release, write string) error {
+var withBsdiff bool
+
+func run(runs int, release, write, only string) error {
 	corpus := os.Getenv("OTTER_CORPUS")
 	if corpus == "" {
 		return fmt.Errorf("OTTER_CORPUS is not set (run it as `go tool task bench`)")
@@ -117,6 +121,17 @@ func run(runs int, release, write string) error {
 		return func() { exec.Command("rm", "-rf", p).Run() }
 	}
 
+	if only == "delta" {
+		table, err := deltaBench(otter, work, corpus, withBsdiff)
+		if err != nil {
+			return err
+		}
+		fmt.Print(table)
+		if write != "" {
+			return replaceSection(write, "delta", table)
+		}
+		return nil
+	}
 	bundleM, err := repeat(runs, clean(layout), otter, "bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), root, "--out", "oci:"+layout+":"+release)
 	if err != nil {
 		return err
@@ -163,9 +178,21 @@ func run(runs int, release, write string) error {
 		return err
 	}
 	fmt.Print("\n" + gobench)
+	deltaTable := ""
+	if only == "" {
+		if deltaTable, err = deltaBench(otter, work, corpus, withBsdiff); err != nil {
+			return err
+		}
+		fmt.Print("\n" + deltaTable)
+	}
 	if write != "" {
 		if err := replaceSection(write, "bundle", table); err != nil {
 			return err
+		}
+		if deltaTable != "" {
+			if err := replaceSection(write, "delta", deltaTable); err != nil {
+				return err
+			}
 		}
 		if err := replaceSection(write, "emulation", emu); err != nil {
 			return err
