@@ -38,47 +38,19 @@ func digest(t testing.TB, img v1.Image) v1.Hash {
 	return d
 }
 
-func mustRef(t testing.TB, s string) bundle.Ref {
-	t.Helper()
-	r, err := bundle.ParseRef(s, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-func layoutRef(t testing.TB, dir, tag string) bundle.Ref {
-	t.Helper()
-	return mustRef(t, "oci:"+dir+":"+tag)
-}
-
 func TestDemoRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	c, store := testutil.DemoStore(t)
 	b := build(t, c, store)
-	ref := layoutRef(t, t.TempDir(), "v1")
-	desc, err := bundle.Write(ctx, b, ref)
+	cfg, err := bundle.ReadConfig(b)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if desc.Digest != digest(t, b) {
-		t.Fatalf("Write returned %s, bundle is %s", desc.Digest, digest(t, b))
-	}
-	img, cfg, err := bundle.Open(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := validate.Image(img); err != nil {
-		t.Fatalf("validate.Image of the layout copy: %v", err)
-	}
-	if digest(t, img) != desc.Digest {
-		t.Fatalf("read back %s, wrote %s", digest(t, img), desc.Digest)
 	}
 	if cfg.Root != c.Root || len(cfg.Paths) != len(c.Paths) || cfg.System != "aarch64-linux" {
 		t.Fatalf("config %+v does not describe the closure", cfg)
 	}
 	out := testutil.TempStore(t)
-	res, err := bundle.Extract(ctx, img, cfg, out)
+	res, err := bundle.Extract(ctx, b, cfg, out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +63,7 @@ func TestDemoRoundTrip(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o444 || fi.ModTime().Unix() != 1 {
 		t.Fatalf("release.json: %v %v", fi.Mode(), err)
 	}
-	res, err = bundle.Extract(ctx, img, cfg, out)
+	res, err = bundle.Extract(ctx, b, cfg, out)
 	if err != nil {
 		t.Fatal(err)
 	}

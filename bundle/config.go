@@ -177,3 +177,37 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// ReadConfig checks that img is an otter bundle and returns its config.
+func ReadConfig(img v1.Image) (*Config, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
+		return nil, fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	}
+	if m.Config.Size > MaxConfigSize {
+		return nil, fmt.Errorf("%w: config of %d bytes", ErrConfig, m.Config.Size)
+	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	if h, _, _ := v1.SHA256(bytes.NewReader(raw)); h != m.Config.Digest {
+		return nil, fmt.Errorf("%w: config blob is %s, manifest says %s", ErrLayerDigest, h, m.Config.Digest)
+	}
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Layers) != len(cfg.Paths) {
+		return nil, fmt.Errorf("%w: %d layers for %d store paths", ErrConfig, len(m.Layers), len(cfg.Paths))
+	}
+	for i, l := range m.Layers {
+		if l.MediaType != LayerMediaType {
+			return nil, fmt.Errorf("%w: layer %d has media type %q", ErrNotBundle, i, l.MediaType)
+		}
+	}
+	return cfg, nil
+}

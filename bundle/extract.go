@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/iox"
 
 	"github.com/otter-fleet/otter/nix"
 )
@@ -85,7 +86,7 @@ func Extract(ctx context.Context, img v1.Image, cfg *Config, storeDir string, op
 	}
 	m, err := img.Manifest()
 	if err != nil {
-		return nil, classify(err)
+		return nil, err
 	}
 	if len(m.Layers) != len(cfg.Paths) {
 		return nil, fmt.Errorf("%w: %d layers for %d store paths", ErrConfig, len(m.Layers), len(cfg.Paths))
@@ -146,7 +147,7 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 	}
 	layer, err := img.LayerByDigest(desc.Digest)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", info.Path, classify(err))
+		return "", fmt.Errorf("%s: %w", info.Path, err)
 	}
 	tmpDir, err := os.MkdirTemp(storeDir, ".otter-extract-")
 	if err != nil {
@@ -192,14 +193,14 @@ type EntryFunc func(h *nix.Header, r io.Reader) error
 func ReadLayer(ctx context.Context, img v1.Image, cfg *Config, i int, fn EntryFunc) error {
 	m, err := img.Manifest()
 	if err != nil {
-		return classify(err)
+		return err
 	}
 	if i < 0 || i >= len(m.Layers) || i >= len(cfg.Paths) {
 		return fmt.Errorf("%w: no layer %d", ErrConfig, i)
 	}
 	layer, err := img.LayerByDigest(m.Layers[i].Digest)
 	if err != nil {
-		return classify(err)
+		return err
 	}
 	info := cfg.Closure().Paths[i]
 	return readLayer(ctx, layer, m.Layers[i], cfg.RootFS.DiffIDs[i], &info, fn)
@@ -208,11 +209,11 @@ func ReadLayer(ctx context.Context, img v1.Image, cfg *Config, i int, fn EntryFu
 func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v1.Hash, info *nix.PathInfo, fn EntryFunc) error {
 	rc, err := layer.Compressed()
 	if err != nil {
-		return classify(err)
+		return err
 	}
 	defer rc.Close()
 	compressed := &countingHash{Hash: sha256.New()}
-	zr, err := zstd.NewReader(io.TeeReader(ctxReader{ctx, rc}, compressed),
+	zr, err := zstd.NewReader(io.TeeReader(iox.ContextReader{Ctx: ctx, R: rc}, compressed),
 		zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(MaxDecoderWindow), zstd.WithDecoderMaxMemory(MaxDecoderWindow))
 	if err != nil {
 		return err
@@ -263,7 +264,7 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 	if _, err := io.Copy(io.Discard, zr); err != nil {
 		return fmt.Errorf("%w: %v", ErrLayerDigest, err)
 	}
-	if _, err := io.Copy(io.Discard, io.TeeReader(ctxReader{ctx, rc}, compressed)); err != nil {
+	if _, err := io.Copy(io.Discard, io.TeeReader(iox.ContextReader{Ctx: ctx, R: rc}, compressed)); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(compressed.Sum(nil)); got != desc.Digest.Hex || compressed.n != desc.Size {

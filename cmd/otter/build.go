@@ -8,7 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/build"
-	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/oci"
 )
 
 func binfmtCommand() *cli.Command {
@@ -179,7 +179,7 @@ failed build never makes a bundle.`,
 				}
 				inst.Args[k] = v
 			}
-			var ref *bundle.Ref
+			var ref *oci.Ref
 			if out := c.String("out"); out != "" {
 				r, err := parseRef(c, out)
 				if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
 )
 
 func registryFlags() []cli.Flag {
@@ -23,32 +24,32 @@ func registryFlags() []cli.Flag {
 	}
 }
 
-func ioOptions(c *cli.Context, progress bundle.Progress) []bundle.IOOption {
-	opts := []bundle.IOOption{bundle.WithInsecure(c.Bool("insecure"))}
+func ioOptions(c *cli.Context, progress bundle.Progress) []oci.IOOption {
+	opts := []oci.IOOption{oci.WithInsecure(c.Bool("insecure"))}
 	if c.IsSet("jobs") {
-		opts = append(opts, bundle.WithIOJobs(c.Int("jobs")))
+		opts = append(opts, oci.WithIOJobs(c.Int("jobs")))
 	}
 	if progress != nil {
-		opts = append(opts, bundle.WithIOProgress(progress))
+		opts = append(opts, oci.WithIOProgress(progress))
 	}
 	return opts
 }
 
-func parseRef(c *cli.Context, s string) (bundle.Ref, error) {
-	return bundle.ParseRef(s, c.Bool("insecure"))
+func parseRef(c *cli.Context, s string) (oci.Ref, error) {
+	return oci.ParseRef(s, c.Bool("insecure"))
 }
 
 // openArg opens the bundle named by a command's argument s.
-func openArg(c *cli.Context, s string) (bundle.Ref, v1.Image, *bundle.Config, error) {
+func openArg(c *cli.Context, s string) (oci.Ref, v1.Image, *bundle.Config, error) {
 	s, err := resolveArchive(s)
 	if err != nil {
-		return bundle.Ref{}, nil, nil, err
+		return oci.Ref{}, nil, nil, err
 	}
 	ref, err := parseRef(c, s)
 	if err != nil {
 		return ref, nil, nil, err
 	}
-	img, cfg, err := bundle.Open(c.Context, ref, ioOptions(c, nil)...)
+	img, cfg, err := oci.Open(c.Context, ref, ioOptions(c, nil)...)
 	return ref, img, cfg, err
 }
 
@@ -174,7 +175,7 @@ func loadClosure(ctx context.Context, root, storeDir, pathInfo string) (*nix.Clo
 	return c, storeDir, nil
 }
 
-func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref bundle.Ref) (*bundleResult, error) {
+func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref oci.Ref) (*bundleResult, error) {
 	closure, storeDir, err := loadClosure(ctx, o.root, o.storeDir, o.pathInfo)
 	if err != nil {
 		return nil, err
@@ -199,7 +200,7 @@ func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref bun
 	}
 	defer b.Close()
 	progress, finish = u.bar("writing")
-	desc, err := bundle.Write(ctx, b, ref, ioOptions(c, progress)...)
+	desc, err := oci.Write(ctx, b, ref, ioOptions(c, progress)...)
 	finish()
 	if err != nil {
 		return nil, err

@@ -15,9 +15,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
-	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -93,7 +93,7 @@ patch statement beside each; --write DIR also writes the patch files.`,
 			if err != nil {
 				return err
 			}
-			toDesc, err := bundle.DescriptorOf(toImg)
+			toDesc, err := oci.DescriptorOf(toImg)
 			if err != nil {
 				return err
 			}
@@ -136,7 +136,7 @@ patch statement beside each; --write DIR also writes the patch files.`,
 	}
 }
 
-func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef bundle.Ref, toDesc v1.Descriptor, full int64, keys []crypto.Signer, now, expires time.Time) (*patchResult, error) {
+func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.Ref, toDesc v1.Descriptor, full int64, keys []crypto.Signer, now, expires time.Time) (*patchResult, error) {
 	_, fromImg, fromCfg, err := openArg(c, from)
 	if err != nil {
 		return nil, err
@@ -188,12 +188,12 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef bundl
 	if c.Bool("no-publish") {
 		return pr, nil
 	}
-	art, err := bundle.NewArtifact(delta.ArtifactType, patch, types.MediaType(delta.LayerMediaType), toDesc,
+	art, err := oci.NewArtifact(delta.ArtifactType, patch, types.MediaType(delta.LayerMediaType), toDesc,
 		map[string]string{annotationPatchBase: baseDigest.String(), annotationPatchTarget: toDesc.Digest.String()})
 	if err != nil {
 		return nil, err
 	}
-	ad, err := bundle.AttachArtifact(c.Context, toRef, toDesc, art, ioOptions(c, nil)...)
+	ad, err := oci.AttachArtifact(c.Context, toRef, toDesc, art, ioOptions(c, nil)...)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +224,7 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef bundl
 	if err != nil {
 		return nil, err
 	}
-	if _, err := bundle.Attach(c.Context, toRef, toDesc, sign.PatchType, envBytes, ioOptions(c, nil)...); err != nil {
+	if _, err := oci.Attach(c.Context, toRef, toDesc, sign.PatchType, envBytes, ioOptions(c, nil)...); err != nil {
 		return nil, err
 	}
 	pr.Statement = stmt

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -55,12 +55,12 @@ func TestDeltaPublishSignApply(t *testing.T) {
 	p := dr.Patches[0]
 
 	// Published: the patch artifact and its signed statement hang off r2.
-	ref, _ := bundle.ParseRef(layout+":r2", false)
-	arts, err := bundle.Referrers(context.Background(), ref, p.Target, delta.ArtifactType)
+	ref, _ := oci.ParseRef(layout+":r2", false)
+	arts, err := oci.Referrers(context.Background(), ref, p.Target, delta.ArtifactType)
 	if err != nil || len(arts) != 1 || arts[0].Annotations["dev.otter.patch.base"] != p.Base.String() {
 		t.Fatalf("published patches %+v %v", arts, err)
 	}
-	envs, err := bundle.Attached(context.Background(), ref, p.Target, sign.PatchType)
+	envs, err := oci.Attached(context.Background(), ref, p.Target, sign.PatchType)
 	if err != nil || len(envs) != 1 {
 		t.Fatalf("patch statements %d %v", len(envs), err)
 	}
@@ -84,7 +84,7 @@ func TestDeltaPublishSignApply(t *testing.T) {
 	if len(ar.Built) != 3 {
 		t.Fatalf("apply built %v", ar.Built)
 	}
-	_, cfg, err := bundle.Open(context.Background(), ref)
+	_, cfg, err := oci.Open(context.Background(), ref)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // demoResult is the --json output of otter demo.
@@ -78,7 +79,7 @@ func runDemo(c *cli.Context, u *ui, dir string) (*demoResult, error) {
 		return nil, err
 	}
 	u.info("wrote the demo closure to %s", source)
-	ref, err := bundle.ParseRef("oci:"+filepath.Join(abs, "layout")+":demo", false)
+	ref, err := oci.ParseRef("oci:"+filepath.Join(abs, "layout")+":demo", false)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +92,7 @@ func runDemo(c *cli.Context, u *ui, dir string) (*demoResult, error) {
 		return nil, err
 	}
 	u.info("bundled it into %s (%s)", br.Reference, br.Digest)
-	img, cfg, err := bundle.Open(c.Context, ref)
+	img, cfg, err := oci.Open(c.Context, ref)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -59,7 +60,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errInterrupted), errors.Is(err, context.Canceled):
 		return exitInterrupted
-	case errors.As(err, &ue), errors.Is(err, bundle.ErrRef), strings.HasPrefix(err.Error(), "Required flag"),
+	case errors.As(err, &ue), errors.Is(err, oci.ErrRef), strings.HasPrefix(err.Error(), "Required flag"),
 		strings.HasPrefix(err.Error(), "flag provided but not defined"):
 		return exitUsage
 	case errors.Is(err, sign.ErrBadSignature):
@@ -101,9 +102,9 @@ func exitCode(err error) int {
 		return exitSetup
 	case errors.Is(err, build.ErrBuildFailed), errors.Is(err, build.ErrNix):
 		return exitBuild
-	case errors.Is(err, bundle.ErrNotFound), errors.Is(err, build.ErrNoAttribute):
+	case errors.Is(err, oci.ErrNotFound), errors.Is(err, build.ErrNoAttribute):
 		return exitNotFound
-	case errors.Is(err, bundle.ErrUnauthorized):
+	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
 	}
 	return exitError

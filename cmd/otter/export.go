@@ -10,8 +10,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
-	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // archiveDirs are the directories oci-archive references were unpacked
@@ -28,7 +28,7 @@ func cleanupArchives() {
 // resolveArchive turns oci-archive:FILE[:TAG] into an oci: reference to
 // the archive unpacked in a temporary directory.
 func resolveArchive(s string) (string, error) {
-	rest, ok := strings.CutPrefix(s, bundle.ArchivePrefix)
+	rest, ok := strings.CutPrefix(s, oci.ArchivePrefix)
 	if !ok {
 		return s, nil
 	}
@@ -46,13 +46,13 @@ func resolveArchive(s string) (string, error) {
 		return "", err
 	}
 	archiveDirs = append(archiveDirs, dir)
-	if err := bundle.ExtractArchive(f, dir); err != nil {
+	if err := oci.ExtractArchive(f, dir); err != nil {
 		return "", fmt.Errorf("%s: %w", file, err)
 	}
 	if tag != "" {
-		return bundle.LayoutPrefix + dir + ":" + tag, nil
+		return oci.LayoutPrefix + dir + ":" + tag, nil
 	}
-	return bundle.LayoutPrefix + dir, nil
+	return oci.LayoutPrefix + dir, nil
 }
 
 // exportResult is the --json output of otter export.
@@ -101,11 +101,11 @@ with no network.`,
 				return err
 			}
 			defer fsutil.RemoveAll(tmp)
-			dst, err := bundle.ParseRef(bundle.LayoutPrefix+filepath.Join(tmp, "layout")+":"+tag, false)
+			dst, err := oci.ParseRef(oci.LayoutPrefix+filepath.Join(tmp, "layout")+":"+tag, false)
 			if err != nil {
 				return usageErrorf("--tag: %v", err)
 			}
-			cr, err := bundle.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
+			cr, err := oci.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
 			if err != nil {
 				return err
 			}
@@ -115,7 +115,7 @@ with no network.`,
 				return err
 			}
 			defer os.Remove(f.Name())
-			if err := bundle.WriteArchive(dst.Layout, f); err != nil {
+			if err := oci.WriteArchive(dst.Layout, f); err != nil {
 				f.Close()
 				return err
 			}
@@ -133,7 +133,7 @@ with no network.`,
 			res := exportResult{Source: src.String(), File: out, Digest: cr.Manifest.Digest, Size: fi.Size(), Statements: cr.Statements, Cosign: cr.Cosign}
 			return u.result(res, func(w io.Writer) {
 				fmt.Fprintf(w, "wrote %s (%s): bundle %s, %d statement(s), %d cosign signature(s)\n  read it back as %s%s:%s\n",
-					out, humanBytes(res.Size), res.Digest, res.Statements, res.Cosign, bundle.ArchivePrefix, out, tag)
+					out, humanBytes(res.Size), res.Digest, res.Statements, res.Cosign, oci.ArchivePrefix, out, tag)
 			})
 		},
 	}

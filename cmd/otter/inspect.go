@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // inspectResult is the --json output of otter inspect.
@@ -54,7 +55,7 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-func describe(ref bundle.Ref, img v1.Image, cfg *bundle.Config) (*inspectResult, error) {
+func describe(ref oci.Ref, img v1.Image, cfg *bundle.Config) (*inspectResult, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, err

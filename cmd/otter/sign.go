@@ -12,8 +12,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -220,7 +220,7 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			if err != nil {
 				return err
 			}
-			desc, err := bundle.DescriptorOf(img)
+			desc, err := oci.DescriptorOf(img)
 			if err != nil {
 				return err
 			}
@@ -255,7 +255,7 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 				}
 				res.Envelope = f
 			}
-			att, err := bundle.Attach(c.Context, ref, desc, sign.ReleaseType, envBytes, ioOptions(c, nil)...)
+			att, err := oci.Attach(c.Context, ref, desc, sign.ReleaseType, envBytes, ioOptions(c, nil)...)
 			if err != nil {
 				return err
 			}
@@ -280,7 +280,7 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 }
 
 // attachCosign writes a cosign signature with each ECDSA key.
-func attachCosign(c *cli.Context, ref bundle.Ref, digest v1.Hash, st *sign.Release, keys []crypto.Signer) (int, error) {
+func attachCosign(c *cli.Context, ref oci.Ref, digest v1.Hash, st *sign.Release, keys []crypto.Signer) (int, error) {
 	payload, err := sign.CosignPayload(ref.Repository(), digest.String(), sign.CosignOptional(st))
 	if err != nil {
 		return 0, err
@@ -294,7 +294,7 @@ func attachCosign(c *cli.Context, ref bundle.Ref, digest v1.Hash, st *sign.Relea
 		if err != nil {
 			return n, err
 		}
-		if err := bundle.AttachCosign(c.Context, ref, digest, sign.CosignSignature{Payload: payload, Signature: sig}, ioOptions(c, nil)...); err != nil {
+		if err := oci.AttachCosign(c.Context, ref, digest, sign.CosignSignature{Payload: payload, Signature: sig}, ioOptions(c, nil)...); err != nil {
 			return n, err
 		}
 		n++
@@ -369,7 +369,7 @@ otter.dev/channel=…) claims.`,
 					return err
 				}
 				envelopes = [][]byte{data}
-			} else if envelopes, err = bundle.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
+			} else if envelopes, err = oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
 				return err
 			}
 			var firstErr error
@@ -384,7 +384,7 @@ otter.dev/channel=…) claims.`,
 				}
 			}
 			if !res.Verified && len(envelopes) == 0 {
-				sigs, err := bundle.CosignSignatures(c.Context, ref, d, ioOptions(c, nil)...)
+				sigs, err := oci.CosignSignatures(c.Context, ref, d, ioOptions(c, nil)...)
 				if err != nil {
 					return err
 				}

@@ -46,7 +46,7 @@ func deltaBench(otter, work, corpus string, withBsdiff bool) (string, error) {
 		}
 	}
 	var t strings.Builder
-	fmt.Fprintf(&t, "| pair | Nix substitution (xz) | full closure (`zstd -19 --long`) | `zstd --patch-from -19 --long` | `xdelta3 -9` | `bsdiff` (tar) | **otter** | otter / best | build | apply | apply peak RSS |\n")
+	fmt.Fprintf(&t, "| pair | Nix substitution (xz) | full closure (`zstd -19 --long`) | `zstd --patch-from -19 --long` | `xdelta3 -9 -B 1G` | `bsdiff` (tar) | **otter** | otter / best | build | apply | apply peak RSS |\n")
 	fmt.Fprintf(&t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range pairs {
 		from, to := tars[p.From], tars[p.To]
@@ -71,7 +71,7 @@ func deltaBench(otter, work, corpus string, withBsdiff bool) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		xdelta, err := size(fmt.Sprintf("xdelta3 -9 -e -c -s %s %s", from, to))
+		xdelta, err := size(fmt.Sprintf("xdelta3 -9 -B 1073741824 -e -c -s %s %s", from, to))
 		if err != nil {
 			return "", err
 		}

@@ -1,4 +1,4 @@
-package bundle
+package oci
 
 import (
 	"archive/tar"
@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 	"time"
+
+	"github.com/otter-fleet/otter/bundle"
 )
 
 // ArchivePrefix marks a reference to an OCI layout packed in one tar file
@@ -69,10 +71,10 @@ func ExtractArchive(r io.Reader, dir string) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%w: archive: %v", ErrLayerFormat, err)
+			return fmt.Errorf("%w: archive: %v", bundle.ErrLayerFormat, err)
 		}
 		if h.Typeflag != tar.TypeReg || !archiveNameRE.MatchString(h.Name) || seen[h.Name] {
-			return fmt.Errorf("%w: archive entry %q is not part of an OCI layout", ErrLayerFormat, h.Name)
+			return fmt.Errorf("%w: archive entry %q is not part of an OCI layout", bundle.ErrLayerFormat, h.Name)
 		}
 		seen[h.Name] = true
 		f, err := os.OpenFile(filepath.Join(dir, filepath.FromSlash(h.Name)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
@@ -84,11 +86,11 @@ func ExtractArchive(r io.Reader, dir string) error {
 			err = cerr
 		}
 		if err != nil {
-			return fmt.Errorf("%w: archive entry %s: %v", ErrLayerDigest, h.Name, err)
+			return fmt.Errorf("%w: archive entry %s: %v", bundle.ErrLayerDigest, h.Name, err)
 		}
 	}
 	if !seen["index.json"] || !seen["oci-layout"] {
-		return fmt.Errorf("%w: the archive holds no OCI layout", ErrLayerFormat)
+		return fmt.Errorf("%w: the archive holds no OCI layout", bundle.ErrLayerFormat)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package bundle
+package oci
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 )
 
 // ErrRef is returned for a reference otter cannot parse.
-var ErrRef = errors.New("bundle: invalid reference")
+var ErrRef = errors.New("oci: invalid reference")
 
 // LayoutPrefix marks a reference to an OCI image layout directory.
 const LayoutPrefix = "oci:"

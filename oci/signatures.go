@@ -1,4 +1,4 @@
-package bundle
+package oci
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -48,7 +49,7 @@ func (a *artifact) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 	if l, ok := a.blobs[h]; ok {
 		return l, nil
 	}
-	return nil, fmt.Errorf("bundle: no blob %s", h)
+	return nil, fmt.Errorf("oci: no blob %s", h)
 }
 
 // NewArtifact makes an OCI 1.1 artifact of artifactType holding one blob
@@ -159,7 +160,7 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 	return out, nil
 }
 
-var errNotOurs = errors.New("bundle: not an artifact of that kind for this subject")
+var errNotOurs = errors.New("oci: not an artifact of that kind for this subject")
 
 // Referrers lists the artifacts of artifactType whose subject is subject,
 // with their annotations, in the repository or layout of ref.
@@ -257,7 +258,7 @@ func readBlob(l v1.Layer, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if got, _, _ := v1.SHA256(bytes.NewReader(data)); got != want {
-		return nil, fmt.Errorf("%w: blob %s hashes to %s", ErrLayerDigest, want, got)
+		return nil, fmt.Errorf("%w: blob %s hashes to %s", bundle.ErrLayerDigest, want, got)
 	}
 	return data, nil
 }

@@ -1,4 +1,4 @@
-package bundle_test
+package oci_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // TestStandardClientsPull pushes a bundle to the docker-registry and pulls
@@ -23,7 +24,7 @@ func TestStandardClientsPull(t *testing.T) {
 	c, store := testutil.DemoStore(t)
 	b := build(t, c, store)
 	remote := host + "/" + testutil.Repository(t) + ":v1"
-	desc, err := bundle.Write(ctx, b, mustRef(t, remote))
+	desc, err := oci.Write(ctx, b, mustRef(t, remote))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +37,10 @@ func TestStandardClientsPull(t *testing.T) {
 	}
 	extractLayout := func(dir string) {
 		t.Helper()
-		img, cfg, err := bundle.Open(ctx, layoutRef(t, dir, "v1"))
+		img, cfg, err := oci.Open(ctx, layoutRef(t, dir, "v1"))
 		if err != nil {
 			// crane writes no tag; the layout holds one manifest.
-			img, cfg, err = bundle.Open(ctx, mustRef(t, "oci:"+dir))
+			img, cfg, err = oci.Open(ctx, mustRef(t, "oci:"+dir))
 		}
 		if err != nil {
 			t.Fatal(err)

@@ -1,4 +1,4 @@
-package bundle_test
+package oci_test
 
 import (
 	"bytes"
@@ -7,8 +7,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -22,31 +22,31 @@ func TestAttachments(t *testing.T) {
 	for _, s := range sinks {
 		t.Run(s.name, func(t *testing.T) {
 			ref := s.open(t)("v1")
-			desc, err := bundle.Write(ctx, b, ref)
+			desc, err := oci.Write(ctx, b, ref)
 			if err != nil {
 				t.Fatal(err)
 			}
 			envs := [][]byte{[]byte(`{"payloadType":"a"}`), []byte(`{"payloadType":"b"}`)}
 			for _, e := range envs {
-				if _, err := bundle.Attach(ctx, ref, desc, sign.ReleaseType, e); err != nil {
+				if _, err := oci.Attach(ctx, ref, desc, sign.ReleaseType, e); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if _, err := bundle.Attach(ctx, ref, desc, sign.PatchType, []byte(`{"payloadType":"patch"}`)); err != nil {
+			if _, err := oci.Attach(ctx, ref, desc, sign.PatchType, []byte(`{"payloadType":"patch"}`)); err != nil {
 				t.Fatal(err)
 			}
-			got, err := bundle.Attached(ctx, ref, desc.Digest, sign.ReleaseType)
+			got, err := oci.Attached(ctx, ref, desc.Digest, sign.ReleaseType)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(got) != 2 || !(bytes.Equal(got[0], envs[0]) && bytes.Equal(got[1], envs[1]) || bytes.Equal(got[0], envs[1]) && bytes.Equal(got[1], envs[0])) {
 				t.Fatalf("attached release statements: %q", got)
 			}
-			if other, _ := bundle.Attached(ctx, ref, desc.Digest, sign.PatchType); len(other) != 1 {
+			if other, _ := oci.Attached(ctx, ref, desc.Digest, sign.PatchType); len(other) != 1 {
 				t.Fatalf("patch statements: %q", other)
 			}
 			// The bundle itself is unchanged and still the tag's target.
-			img, _, err := bundle.Open(ctx, ref)
+			img, _, err := oci.Open(ctx, ref)
 			if err != nil || digest(t, img) != desc.Digest {
 				t.Fatalf("bundle after attaching: %v", err)
 			}
@@ -61,11 +61,11 @@ func TestAttachments(t *testing.T) {
 
 			sig := sign.CosignSignature{Payload: []byte(`{"critical":{}}`), Signature: "c2ln"}
 			for i := 0; i < 2; i++ { // the second is a no-op
-				if err := bundle.AttachCosign(ctx, ref, desc.Digest, sig); err != nil {
+				if err := oci.AttachCosign(ctx, ref, desc.Digest, sig); err != nil {
 					t.Fatal(err)
 				}
 			}
-			sigs, err := bundle.CosignSignatures(ctx, ref, desc.Digest)
+			sigs, err := oci.CosignSignatures(ctx, ref, desc.Digest)
 			if err != nil || len(sigs) != 1 || sigs[0].Signature != "c2ln" || !bytes.Equal(sigs[0].Payload, sig.Payload) {
 				t.Fatalf("cosign signatures %+v %v", sigs, err)
 			}

@@ -1,4 +1,4 @@
-package bundle_test
+package oci_test
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
 )
 
 func serve(t *testing.T, h http.Handler) string {
@@ -76,14 +77,14 @@ func TestPushSurvivesDroppedConnections(t *testing.T) {
 		reg.ServeHTTP(w, r)
 	}))
 	ref := mustRef(t, host+"/flaky/bundle:v1")
-	desc, err := bundle.Write(ctx, b, ref, bundle.WithRetry(5, 10e6, 2))
+	desc, err := oci.Write(ctx, b, ref, oci.WithRetry(5, 10e6, 2))
 	if err != nil {
 		t.Fatalf("push over a dropping link: %v", err)
 	}
 	if drops.Load() != 3 {
 		t.Fatalf("the link dropped %d times, want 3", drops.Load())
 	}
-	img, _, err := bundle.Open(ctx, ref)
+	img, _, err := oci.Open(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,11 +112,11 @@ func TestRegistryCredentials(t *testing.T) {
 	ref := mustRef(t, host+"/private/bundle:v1")
 
 	wrong := authn.NewMultiKeychain(staticKeychain{authn.FromConfig(authn.AuthConfig{Username: "fleet", Password: "guess"})})
-	_, err := bundle.Write(ctx, b, ref, bundle.WithKeychain(wrong))
-	if !errors.Is(err, bundle.ErrUnauthorized) {
+	_, err := oci.Write(ctx, b, ref, oci.WithKeychain(wrong))
+	if !errors.Is(err, oci.ErrUnauthorized) {
 		t.Fatalf("wrong password: want ErrUnauthorized, got %v", err)
 	}
-	if _, _, err := bundle.Open(ctx, ref, bundle.WithKeychain(wrong)); !errors.Is(err, bundle.ErrUnauthorized) {
+	if _, _, err := oci.Open(ctx, ref, oci.WithKeychain(wrong)); !errors.Is(err, oci.ErrUnauthorized) {
 		t.Fatalf("wrong password on read: want ErrUnauthorized, got %v", err)
 	}
 
@@ -127,10 +128,10 @@ func TestRegistryCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("DOCKER_CONFIG", cfgDir)
-	if _, err := bundle.Write(ctx, b, ref); err != nil {
+	if _, err := oci.Write(ctx, b, ref); err != nil {
 		t.Fatalf("with credentials from DOCKER_CONFIG: %v", err)
 	}
-	if _, _, err := bundle.Open(ctx, ref); err != nil {
+	if _, _, err := oci.Open(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -150,7 +151,7 @@ func TestLayoutFullDisk(t *testing.T) {
 	small, smallStore := testutil.DemoStore(t)
 	layout := filepath.Join(dir, "layout")
 	old := build(t, small, smallStore)
-	if _, err := bundle.Write(ctx, old, layoutRef(t, layout, "old")); err != nil {
+	if _, err := oci.Write(ctx, old, layoutRef(t, layout, "old")); err != nil {
 		t.Fatal(err)
 	}
 	index, err := os.ReadFile(filepath.Join(layout, "index.json"))
@@ -159,7 +160,7 @@ func TestLayoutFullDisk(t *testing.T) {
 	}
 	c, store := bigClosure(t, 1<<20)
 	big := build(t, c, store)
-	_, err = bundle.Write(ctx, big, layoutRef(t, layout, "new"))
+	_, err = oci.Write(ctx, big, layoutRef(t, layout, "new"))
 	if err == nil || !strings.Contains(err.Error(), "no space left") {
 		t.Fatalf("want a no-space error, got %v", err)
 	}
@@ -170,10 +171,10 @@ func TestLayoutFullDisk(t *testing.T) {
 	if err != nil || string(after) != string(index) {
 		t.Fatalf("index.json changed by a failed write: %v\n%s", err, after)
 	}
-	if _, _, err := bundle.Open(ctx, layoutRef(t, layout, "new")); !errors.Is(err, bundle.ErrNotFound) {
+	if _, _, err := oci.Open(ctx, layoutRef(t, layout, "new")); !errors.Is(err, oci.ErrNotFound) {
 		t.Fatalf("the failed bundle is visible: %v", err)
 	}
-	if _, _, err := bundle.Open(ctx, layoutRef(t, layout, "old")); err != nil {
+	if _, _, err := oci.Open(ctx, layoutRef(t, layout, "old")); err != nil {
 		t.Fatalf("the old bundle was lost: %v", err)
 	}
 	blobs, _ := os.ReadDir(filepath.Join(layout, "blobs", "sha256"))
@@ -199,7 +200,7 @@ func TestExtractRefusesTamperedLayers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			layout := filepath.Join(t.TempDir(), "layout")
 			ref := layoutRef(t, layout, "v1")
-			if _, err := bundle.Write(ctx, b, ref); err != nil {
+			if _, err := oci.Write(ctx, b, ref); err != nil {
 				t.Fatal(err)
 			}
 			m, _ := b.Manifest()
@@ -211,7 +212,7 @@ func TestExtractRefusesTamperedLayers(t *testing.T) {
 			if err := os.WriteFile(blob, tc.damage(data), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			img, cfg, err := bundle.Open(ctx, ref)
+			img, cfg, err := oci.Open(ctx, ref)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,7 +1,6 @@
-package bundle
+package oci
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/otter-fleet/otter/bundle"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -22,7 +23,7 @@ type ioOptions struct {
 	transport http.RoundTripper
 	insecure  bool
 	jobs      int
-	progress  Progress
+	progress  bundle.Progress
 	backoff   remote.Backoff
 }
 
@@ -49,7 +50,7 @@ func WithInsecure(insecure bool) IOOption {
 func WithIOJobs(n int) IOOption {
 	return func(o *ioOptions) error {
 		if n < 1 {
-			return fmt.Errorf("bundle: jobs %d < 1", n)
+			return fmt.Errorf("oci: jobs %d < 1", n)
 		}
 		o.jobs = n
 		return nil
@@ -57,7 +58,7 @@ func WithIOJobs(n int) IOOption {
 }
 
 // WithIOProgress reports bytes moved.
-func WithIOProgress(p Progress) IOOption {
+func WithIOProgress(p bundle.Progress) IOOption {
 	return func(o *ioOptions) error { o.progress = p; return nil }
 }
 
@@ -66,7 +67,7 @@ func WithIOProgress(p Progress) IOOption {
 func WithRetry(steps int, initial time.Duration, factor float64) IOOption {
 	return func(o *ioOptions) error {
 		if steps < 1 || initial <= 0 || factor < 1 {
-			return fmt.Errorf("bundle: invalid retry %d×%v×%v", steps, initial, factor)
+			return fmt.Errorf("oci: invalid retry %d×%v×%v", steps, initial, factor)
 		}
 		o.backoff = remote.Backoff{Steps: steps, Duration: initial, Factor: factor, Jitter: 0.1}
 		return nil
@@ -108,10 +109,10 @@ func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 }
 
 // ErrNotFound is returned when a reference names nothing.
-var ErrNotFound = errors.New("bundle: not found")
+var ErrNotFound = errors.New("oci: not found")
 
 // ErrUnauthorized is returned when a registry refuses the credentials.
-var ErrUnauthorized = errors.New("bundle: registry refused the credentials")
+var ErrUnauthorized = errors.New("oci: registry refused the credentials")
 
 // classify maps registry errors onto otter's sentinels.
 func classify(err error) error {
@@ -129,7 +130,7 @@ func classify(err error) error {
 
 // Open returns the bundle ref names. It checks that it is an otter bundle
 // with a valid config, but reads no layer.
-func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *Config, error) {
+func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *bundle.Config, error) {
 	o, err := makeIOOptions(opts)
 	if err != nil {
 		return nil, nil, err
@@ -144,45 +145,11 @@ func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *Config, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening %s: %w", ref, err)
 	}
-	cfg, err := ReadConfig(img)
+	cfg, err := bundle.ReadConfig(img)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening %s: %w", ref, err)
 	}
 	return img, cfg, nil
-}
-
-// ReadConfig checks that img is an otter bundle and returns its config.
-func ReadConfig(img v1.Image) (*Config, error) {
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, classify(err)
-	}
-	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
-		return nil, fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
-	}
-	if m.Config.Size > MaxConfigSize {
-		return nil, fmt.Errorf("%w: config of %d bytes", ErrConfig, m.Config.Size)
-	}
-	raw, err := img.RawConfigFile()
-	if err != nil {
-		return nil, classify(err)
-	}
-	if h, _, _ := v1.SHA256(bytes.NewReader(raw)); h != m.Config.Digest {
-		return nil, fmt.Errorf("%w: config blob is %s, manifest says %s", ErrLayerDigest, h, m.Config.Digest)
-	}
-	cfg, err := ParseConfig(raw)
-	if err != nil {
-		return nil, err
-	}
-	if len(m.Layers) != len(cfg.Paths) {
-		return nil, fmt.Errorf("%w: %d layers for %d store paths", ErrConfig, len(m.Layers), len(cfg.Paths))
-	}
-	for i, l := range m.Layers {
-		if l.MediaType != LayerMediaType {
-			return nil, fmt.Errorf("%w: layer %d has media type %q", ErrNotBundle, i, l.MediaType)
-		}
-	}
-	return cfg, nil
 }
 
 // Write stores img at ref and returns the manifest's descriptor. A

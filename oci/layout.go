@@ -1,4 +1,4 @@
-package bundle
+package oci
 
 import (
 	"bytes"
@@ -23,7 +23,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/iox"
 )
 
 // refNameAnnotation names a manifest in an OCI layout's index.json.
@@ -61,7 +63,7 @@ func openLayout(ref Ref) (v1.Image, error) {
 		return nil, fmt.Errorf("%w: %s holds %d manifests; name one as oci:DIR:TAG (%s)", ErrRef, ref, len(found), strings.Join(tags, ", "))
 	}
 	if !found[0].MediaType.IsImage() {
-		return nil, fmt.Errorf("%w: %s is a %s", ErrNotBundle, ref, found[0].MediaType)
+		return nil, fmt.Errorf("%w: %s is a %s", bundle.ErrNotBundle, ref, found[0].MediaType)
 	}
 	return idx.Image(found[0].Digest)
 }
@@ -185,7 +187,7 @@ func layoutIndexAt(ref Ref) (v1.ImageIndex, error) {
 	for _, d := range im.Manifests {
 		if d.Annotations[refNameAnnotation] == ref.Tag {
 			if !d.MediaType.IsIndex() {
-				return nil, fmt.Errorf("%w: %s is a %s, not an index", ErrNotBundle, ref, d.MediaType)
+				return nil, fmt.Errorf("%w: %s is a %s, not an index", bundle.ErrNotBundle, ref, d.MediaType)
 			}
 			return idx.ImageIndex(d.Digest)
 		}
@@ -239,12 +241,12 @@ func writeBlob(ctx context.Context, dir string, h v1.Hash, size int64, open func
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	d := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, d), ctxReader{ctx, rc})
+	n, err := io.Copy(io.MultiWriter(tmp, d), iox.ContextReader{Ctx: ctx, R: rc})
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", h, err)
 	}
 	if got := hex.EncodeToString(d.Sum(nil)); got != h.Hex || n != size {
-		return fmt.Errorf("%w: blob %s has %d bytes hashing to sha256:%s", ErrLayerDigest, h, n, got)
+		return fmt.Errorf("%w: blob %s has %d bytes hashing to sha256:%s", bundle.ErrLayerDigest, h, n, got)
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("blob %s: %w", h, err)
@@ -303,17 +305,4 @@ func ensureFile(p string, content []byte) error {
 		return nil
 	}
 	return fsutil.AtomicWrite(p, content, 0o644)
-}
-
-// ctxReader stops reading once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(b []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(b)
 }

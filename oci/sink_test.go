@@ -1,4 +1,4 @@
-package bundle_test
+package oci_test
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // countingTransport counts the request body bytes sent to blob uploads.
@@ -48,28 +49,28 @@ func (b countingBody) Read(p []byte) (int, error) {
 // against each. open starts a fresh one and returns how to name a tag in it.
 var sinks = []struct {
 	name string
-	open func(t *testing.T) func(tag string) bundle.Ref
+	open func(t *testing.T) func(tag string) oci.Ref
 }{
-	{"layout", func(t *testing.T) func(string) bundle.Ref {
+	{"layout", func(t *testing.T) func(string) oci.Ref {
 		dir := filepath.Join(t.TempDir(), "layout")
-		return func(tag string) bundle.Ref { return layoutRef(t, dir, tag) }
+		return func(tag string) oci.Ref { return layoutRef(t, dir, tag) }
 	}},
-	{"in-process registry", func(t *testing.T) func(string) bundle.Ref {
+	{"in-process registry", func(t *testing.T) func(string) oci.Ref {
 		return remoteRefs(t, testutil.Registry(t))
 	}},
-	{"in-process registry with referrers", func(t *testing.T) func(string) bundle.Ref {
+	{"in-process registry with referrers", func(t *testing.T) func(string) oci.Ref {
 		return remoteRefs(t, testutil.Registry(t, registry.WithReferrersSupport(true)))
 	}},
-	{"docker-registry", func(t *testing.T) func(string) bundle.Ref {
+	{"docker-registry", func(t *testing.T) func(string) oci.Ref {
 		return remoteRefs(t, testutil.RealRegistry(t))
 	}},
 }
 
 // remoteRefs names tags in a new repository on host, so that tests sharing
 // the docker-registry do not see each other.
-func remoteRefs(t *testing.T, host string) func(string) bundle.Ref {
+func remoteRefs(t *testing.T, host string) func(string) oci.Ref {
 	repo := testutil.Repository(t)
-	return func(tag string) bundle.Ref { return mustRef(t, host+"/"+repo+":"+tag) }
+	return func(tag string) oci.Ref { return mustRef(t, host+"/"+repo+":"+tag) }
 }
 
 func TestSinks(t *testing.T) {
@@ -81,11 +82,11 @@ func TestSinks(t *testing.T) {
 		t.Run(s.name, func(t *testing.T) {
 			t.Run("write, read back, extract", func(t *testing.T) {
 				ref := s.open(t)("v1")
-				desc, err := bundle.Write(ctx, b, ref)
+				desc, err := oci.Write(ctx, b, ref)
 				if err != nil {
 					t.Fatal(err)
 				}
-				img, cfg, err := bundle.Open(ctx, ref)
+				img, cfg, err := oci.Open(ctx, ref)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -103,12 +104,12 @@ func TestSinks(t *testing.T) {
 			})
 			t.Run("second write sends no layer bytes", func(t *testing.T) {
 				ref := s.open(t)("v1")
-				if _, err := bundle.Write(ctx, b, ref); err != nil {
+				if _, err := oci.Write(ctx, b, ref); err != nil {
 					t.Fatal(err)
 				}
 				ct := &countingTransport{inner: remote.DefaultTransport}
 				before := blobTimes(t, ref)
-				if _, err := bundle.Write(ctx, b, ref, bundle.WithTransport(ct)); err != nil {
+				if _, err := oci.Write(ctx, b, ref, oci.WithTransport(ct)); err != nil {
 					t.Fatal(err)
 				}
 				if n := ct.blobBytes.Load(); n != 0 {
@@ -120,13 +121,13 @@ func TestSinks(t *testing.T) {
 			})
 			t.Run("tag moves to the new bundle", func(t *testing.T) {
 				ref := s.open(t)("stable")
-				if _, err := bundle.Write(ctx, b, ref); err != nil {
+				if _, err := oci.Write(ctx, b, ref); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := bundle.Write(ctx, other, ref); err != nil {
+				if _, err := oci.Write(ctx, other, ref); err != nil {
 					t.Fatal(err)
 				}
-				img, cfg, err := bundle.Open(ctx, ref)
+				img, cfg, err := oci.Open(ctx, ref)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -136,11 +137,11 @@ func TestSinks(t *testing.T) {
 			})
 			t.Run("missing tag", func(t *testing.T) {
 				refs := s.open(t)
-				if _, err := bundle.Write(ctx, b, refs("v1")); err != nil {
+				if _, err := oci.Write(ctx, b, refs("v1")); err != nil {
 					t.Fatal(err)
 				}
 				missing := refs("nosuchtag")
-				if _, _, err := bundle.Open(ctx, missing); !errors.Is(err, bundle.ErrNotFound) {
+				if _, _, err := oci.Open(ctx, missing); !errors.Is(err, oci.ErrNotFound) {
 					t.Fatalf("want ErrNotFound, got %v", err)
 				}
 			})
@@ -149,7 +150,7 @@ func TestSinks(t *testing.T) {
 }
 
 // blobTimes maps a layout's blob files to their modification times.
-func blobTimes(t *testing.T, ref bundle.Ref) map[string]int64 {
+func blobTimes(t *testing.T, ref oci.Ref) map[string]int64 {
 	m := map[string]int64{}
 	if ref.Layout == "" {
 		return m
