@@ -8,35 +8,16 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/validate"
-
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
 )
 
-func build(t testing.TB, c *nix.Closure, store string, opts ...bundle.BuildOption) *bundle.Bundle {
-	t.Helper()
-	b, err := bundle.Build(context.Background(), c, store, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	if err := validate.Image(b); err != nil {
-		t.Fatalf("validate.Image: %v", err)
-	}
-	return b
-}
-
-func digest(t testing.TB, img v1.Image) v1.Hash {
-	t.Helper()
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
+// build and digest are testutil's, under short names.
+var (
+	build  = testutil.BuildBundle
+	digest = testutil.Digest
+)
 
 func TestDemoRoundTrip(t *testing.T) {
 	ctx := context.Background()

@@ -76,13 +76,9 @@ patch statement beside each; --write DIR also writes the patch files.`,
 				return usageErrorf("delta takes one target release, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			var keys []crypto.Signer
-			for _, spec := range c.StringSlice("key") {
-				k, err := loadKey(u, spec)
-				if err != nil {
-					return err
-				}
-				keys = append(keys, k)
+			keys, err := loadKeys(u, c.StringSlice("key"))
+			if err != nil {
+				return err
 			}
 			now := time.Now().UTC()
 			expires, err := parseExpiry(c.String("expires"), now)
@@ -216,11 +212,7 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	if err != nil {
 		return nil, usageErrorf("%v", err)
 	}
-	env, err := sign.Seal(sign.PatchType, payload, keys...)
-	if err != nil {
-		return nil, err
-	}
-	envBytes, err := env.Marshal()
+	envBytes, err := seal(sign.PatchType, payload, keys)
 	if err != nil {
 		return nil, err
 	}

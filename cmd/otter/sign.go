@@ -75,6 +75,28 @@ func loadKey(u *ui, spec string) (crypto.Signer, error) {
 	return k, nil
 }
 
+// loadKeys loads every --key.
+func loadKeys(u *ui, specs []string) ([]crypto.Signer, error) {
+	var keys []crypto.Signer
+	for _, spec := range specs {
+		k, err := loadKey(u, spec)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// seal signs a statement with every key into a canonical DSSE envelope.
+func seal(payloadType string, payload []byte, keys []crypto.Signer) ([]byte, error) {
+	env, err := sign.Seal(payloadType, payload, keys...)
+	if err != nil {
+		return nil, err
+	}
+	return env.Marshal()
+}
+
 // keygenResult is the --json output of otter keygen.
 type keygenResult struct {
 	PrivateKey string `json:"privateKey"`
@@ -203,13 +225,9 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 				return usageErrorf("sign takes one bundle reference, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			var keys []crypto.Signer
-			for _, spec := range c.StringSlice("key") {
-				k, err := loadKey(u, spec)
-				if err != nil {
-					return err
-				}
-				keys = append(keys, k)
+			keys, err := loadKeys(u, c.StringSlice("key"))
+			if err != nil {
+				return err
 			}
 			now := time.Now().UTC()
 			expires, err := parseExpiry(c.String("expires"), now)
@@ -237,17 +255,14 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
-			env, err := sign.Seal(sign.ReleaseType, payload, keys...)
-			if err != nil {
-				return err
-			}
-			envBytes, err := env.Marshal()
+			envBytes, err := seal(sign.ReleaseType, payload, keys)
 			if err != nil {
 				return err
 			}
 			res := signResult{Reference: ref.String(), Digest: desc.Digest, Statement: st}
-			for _, s := range env.Signatures {
-				res.Signers = append(res.Signers, s.KeyID)
+			for _, k := range keys {
+				id, _ := sign.KeyID(k.Public())
+				res.Signers = append(res.Signers, id)
 			}
 			if f := c.String("envelope-out"); f != "" {
 				if err := fsutil.AtomicWrite(f, envBytes, 0o644); err != nil {
@@ -530,19 +545,11 @@ accept it with otter trust update only if enough of both signed.`,
 					if err != nil {
 						return err
 					}
-					var keys []crypto.Signer
-					for _, spec := range c.StringSlice("key") {
-						k, err := loadKey(u, spec)
-						if err != nil {
-							return err
-						}
-						keys = append(keys, k)
-					}
-					env, err := sign.Seal(sign.TrustType, payload, keys...)
+					keys, err := loadKeys(u, c.StringSlice("key"))
 					if err != nil {
 						return err
 					}
-					data, err := env.Marshal()
+					data, err := seal(sign.TrustType, payload, keys)
 					if err != nil {
 						return err
 					}
