@@ -39,7 +39,7 @@ func TestDemoRoundTrip(t *testing.T) {
 		t.Fatalf("first extract: %+v", res)
 	}
 	testutil.VerifyStore(t, c, out)
-	assertOnlyStorePaths(t, out, c)
+	testutil.AssertOnlyStorePaths(t, out, c)
 	fi, err := os.Lstat(filepath.Join(out, nix.BaseName(c.Root), "release.json"))
 	if err != nil || fi.Mode().Perm() != 0o444 || fi.ModTime().Unix() != 1 {
 		t.Fatalf("release.json: %v %v", fi.Mode(), err)
@@ -50,21 +50,6 @@ func TestDemoRoundTrip(t *testing.T) {
 	}
 	if len(res.Present) != len(c.Paths) || len(res.Extracted) != 0 {
 		t.Fatalf("second extract should find everything present: %+v", res)
-	}
-}
-
-// assertOnlyStorePaths fails if store holds anything but c's paths, such
-// as a leftover temporary directory.
-func assertOnlyStorePaths(t testing.TB, store string, c *nix.Closure) {
-	t.Helper()
-	entries, err := os.ReadDir(store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if c.Lookup(nix.StoreDir+"/"+e.Name()) == nil {
-			t.Errorf("unexpected entry %s in the store", e.Name())
-		}
 	}
 }
 

@@ -255,5 +255,5 @@ func TestExtractCorruptPresentPath(t *testing.T) {
 		t.Fatalf("repaired %v, want the root", res.Repaired)
 	}
 	testutil.VerifyStore(t, c, out)
-	assertOnlyStorePaths(t, out, c)
+	testutil.AssertOnlyStorePaths(t, out, c)
 }

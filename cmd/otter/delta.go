@@ -76,23 +76,11 @@ patch statement beside each; --write DIR also writes the patch files.`,
 				return usageErrorf("delta takes one target release, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			keys, err := loadKeys(u, c.StringSlice("key"))
+			in, err := signingInputs(c, u)
 			if err != nil {
 				return err
 			}
-			now := time.Now().UTC()
-			expires, err := parseExpiry(c.String("expires"), now)
-			if err != nil {
-				return err
-			}
-			toRef, toImg, toCfg, err := openArg(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			toDesc, err := oci.DescriptorOf(toImg)
-			if err != nil {
-				return err
-			}
+			toRef, toImg, toCfg, toDesc, keys, now, expires := in.ref, in.img, in.cfg, in.desc, in.keys, in.now, in.expires
 			m, err := toImg.Manifest()
 			if err != nil {
 				return err

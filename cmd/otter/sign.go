@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
@@ -73,6 +74,35 @@ func loadKey(u *ui, spec string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("%s: %w", spec, err)
 	}
 	return k, nil
+}
+
+// signing is what sign and delta start from: the --key keys, the time
+// and --expires, and the bundle named by the first argument.
+type signing struct {
+	keys         []crypto.Signer
+	now, expires time.Time
+	ref          oci.Ref
+	img          v1.Image
+	cfg          *bundle.Config
+	desc         v1.Descriptor
+}
+
+func signingInputs(c *cli.Context, u *ui) (*signing, error) {
+	in := &signing{now: time.Now().UTC()}
+	var err error
+	if in.keys, err = loadKeys(u, c.StringSlice("key")); err != nil {
+		return nil, err
+	}
+	if in.expires, err = parseExpiry(c.String("expires"), in.now); err != nil {
+		return nil, err
+	}
+	if in.ref, in.img, in.cfg, err = openArg(c, c.Args().First()); err != nil {
+		return nil, err
+	}
+	if in.desc, err = oci.DescriptorOf(in.img); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
 // loadKeys loads every --key.
@@ -225,23 +255,11 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 				return usageErrorf("sign takes one bundle reference, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
-			keys, err := loadKeys(u, c.StringSlice("key"))
+			in, err := signingInputs(c, u)
 			if err != nil {
 				return err
 			}
-			now := time.Now().UTC()
-			expires, err := parseExpiry(c.String("expires"), now)
-			if err != nil {
-				return err
-			}
-			ref, img, cfg, err := openArg(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			desc, err := oci.DescriptorOf(img)
-			if err != nil {
-				return err
-			}
+			ref, cfg, desc, keys, now, expires := in.ref, in.cfg, in.desc, in.keys, in.now, in.expires
 			version := cfg.Version
 			if c.IsSet("release-version") {
 				version = c.Uint64("release-version")

@@ -232,3 +232,18 @@ func ArmBusybox(t testing.TB) string {
 
 // Nonce is unique per test run, to make Nix build derivations afresh.
 func Nonce() string { return fmt.Sprintf("%d-%d", os.Getpid(), repoCounter.Add(1)) }
+
+// AssertOnlyStorePaths fails if store holds anything but c's paths, such
+// as a leftover temporary directory.
+func AssertOnlyStorePaths(t testing.TB, store string, c *nix.Closure) {
+	t.Helper()
+	entries, err := os.ReadDir(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if c.Lookup(nix.StoreDir+"/"+e.Name()) == nil {
+			t.Errorf("unexpected entry %s in the store", e.Name())
+		}
+	}
+}
