@@ -28,3 +28,17 @@ func TestBzip2EncodeRoundTrip(t *testing.T) {
 		t.Logf("%s: %d -> %d", name, len(data), len(enc))
 	}
 }
+
+// FuzzBzip2RoundTrip: whatever the input, compress/bzip2 reads back the
+// same bytes.
+func FuzzBzip2RoundTrip(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb\x00\x00\x00\x00\x00\x01"))
+	f.Add(bytes.Repeat([]byte{0, 0, 0, 7}, 300))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := io.ReadAll(bzip2.NewReader(bytes.NewReader(bzip2Encode(data))))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("round trip failed: %v", err)
+		}
+	})
+}
