@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"unicode"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -44,7 +43,7 @@ type Options struct {
 	// MaxZdictWindow bounds old plus new size for zstd with the old file as
 	// dictionary: the memory a device needs to apply it (default 32 MiB).
 	MaxZdictWindow int64
-	// Predict enables aarch64-aware prediction in bsdiff (default on).
+	// NoPredict turns off aarch64-aware prediction in bsdiff.
 	NoPredict bool
 }
 
@@ -271,13 +270,10 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 	}
 
 	// Encode every listed file, in parallel, then lay the streams out in order.
-	type enc struct {
-		ctrl, diff, extra, literal, frame []byte
-	}
-	encs := make([]enc, len(jobs))
+	// Each goroutine writes only its own element of encs.
+	encs := make([]encoded, len(jobs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Jobs)
-	var mu sync.Mutex
 	for i := range jobs {
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
@@ -288,9 +284,7 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 			if err != nil {
 				return fmt.Errorf("%s: %w", j.e.Rel, err)
 			}
-			mu.Lock()
-			encs[i] = enc(r)
-			mu.Unlock()
+			encs[i] = r
 			return nil
 		})
 	}
@@ -414,7 +408,6 @@ func compressStream(b []byte) []byte {
 // encodeFile picks the codec that makes the fewest bytes for one file.
 func encodeFile(e *entryOp, src string, old, newb []byte, o Options) (encoded, error) {
 	lit := encoded{literal: newb}
-	litCost := len(compressStream(newb))
 	if src == "" {
 		e.Codec = codecLiteral
 		return lit, nil
@@ -424,7 +417,7 @@ func encodeFile(e *entryOp, src string, old, newb []byte, o Options) (encoded, e
 		e.Codec = codecCopy
 		return encoded{}, nil
 	}
-	best, bestCost, bestCodec := lit, litCost, byte(codecLiteral)
+	best, bestCost, bestCodec := lit, len(compressStream(newb)), byte(codecLiteral)
 	// bsdiff against the old file, with plain and aarch64 prediction.
 	cs, err := bsdiffControl(old, newb)
 	if err != nil {
