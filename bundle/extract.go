@@ -16,7 +16,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/internal/iox"
@@ -161,7 +160,7 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 	if o.fsync {
 		// One syncfs makes every file of the path durable before the
 		// rename publishes it; far cheaper than a sync per file.
-		if err := syncFS(tmpDir); err != nil {
+		if err := fsutil.SyncFS(tmpDir); err != nil {
 			return "", fmt.Errorf("syncing %s: %w", info.Path, err)
 		}
 	}
@@ -309,7 +308,7 @@ func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID
 		// once nothing more is written into them.
 		for i := len(dirs) - 1; i >= 0 && err == nil; i-- {
 			if err = os.Chmod(dirs[i], modeDir); err == nil {
-				err = canonicalTime(dirs[i])
+				err = fsutil.StoreTime(dirs[i])
 			}
 		}
 	}()
@@ -336,7 +335,7 @@ func unpackLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID
 				return err
 			}
 		}
-		return canonicalTime(p)
+		return fsutil.StoreTime(p)
 	})
 }
 
@@ -361,20 +360,4 @@ func writeFile(p string, h *nix.Header, r io.Reader) error {
 		return err
 	}
 	return f.Close()
-}
-
-// syncFS flushes the file system holding dir.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
-}
-
-// canonicalTime sets p's modification time to 1, as Nix does in its store.
-func canonicalTime(p string) error {
-	ts := []unix.Timespec{{Sec: 1}, {Sec: 1}}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 }

@@ -86,7 +86,7 @@ func Canonicalize(root string) error {
 				return err
 			}
 		}
-		return storeTime(p)
+		return StoreTime(p)
 	})
 	if err != nil {
 		return err
@@ -95,16 +95,16 @@ func Canonicalize(root string) error {
 		if err := os.Chmod(dirs[i], 0o555); err != nil {
 			return err
 		}
-		if err := storeTime(dirs[i]); err != nil {
+		if err := StoreTime(dirs[i]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// storeTime sets p's modification time to 1, as Nix does, without
+// StoreTime sets p's modification time to 1, as Nix does, without
 // following a symlink.
-func storeTime(p string) error {
+func StoreTime(p string) error {
 	ts := []unix.Timespec{{Sec: 1}, {Sec: 1}}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
