@@ -3,7 +3,6 @@ package delta
 import (
 	"bufio"
 	"bytes"
-	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -172,7 +171,7 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 	}
 	a.ctrlRaw = &boundedReader{r: decs[sControl], left: h.Streams[sControl].RawSize}
 	a.ctrl = bufio.NewReader(a.ctrlRaw)
-	a.diff = &boundedReader{r: bzip2.NewReader(sections[sDiff]), left: h.Streams[sDiff].RawSize}
+	a.diff = newCMDecoder(bufio.NewReader(sections[sDiff]), h.Streams[sDiff].RawSize)
 	a.extra = &boundedReader{r: decs[sExtra], left: h.Streams[sExtra].RawSize}
 	a.literal = &boundedReader{r: decs[sLiteral], left: h.Streams[sLiteral].RawSize}
 	a.frames = sections[sFrames]
@@ -203,13 +202,19 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 	if _, err := a.ctrl.ReadByte(); err != io.EOF {
 		return nil, fmt.Errorf("%w: control stream longer than the op list needs", ErrFormat)
 	}
-	for i, r := range []*boundedReader{a.ctrlRaw, a.diff, a.extra, a.literal} {
-		if r.left != 0 {
-			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.left, streamNames[sControl+i])
+	for _, r := range []struct {
+		name string
+		r    *boundedReader
+	}{{"control", a.ctrlRaw}, {"extra", a.extra}, {"literal", a.literal}} {
+		if r.r.left != 0 {
+			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.r.left, r.name)
 		}
-		if n, _ := r.r.Read(make([]byte, 1)); n != 0 {
-			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, streamNames[sControl+i])
+		if n, _ := r.r.r.Read(make([]byte, 1)); n != 0 {
+			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, r.name)
 		}
+	}
+	if err := a.diff.finish(h.Streams[sDiff].Size); err != nil {
+		return nil, err
 	}
 	if a.framePos != h.Streams[sFrames].Size {
 		return nil, fmt.Errorf("%w: frames stream not used exactly", ErrFormat)
@@ -309,7 +314,7 @@ type applier struct {
 	rw       *rewriter
 	ctrl     *bufio.Reader
 	ctrlRaw  *boundedReader
-	diff     *boundedReader
+	diff     *cmDecoder
 	extra    *boundedReader
 	literal  *boundedReader
 	frames   *io.SectionReader

@@ -71,52 +71,86 @@ func checkControl(cs []ctrl, oldSize, newSize int64) error {
 	return nil
 }
 
-// encodeBsdiff computes the diff bytes (new minus prediction) and the
-// extra bytes the triples call for.
-func encodeBsdiff(oldb, newb []byte, cs []ctrl, p predictor) (diff, extra []byte) {
-	var newPos, oldPos int64
-	pred := make([]byte, 0, 64<<10)
-	for _, c := range cs {
-		pred = p.predict(oldb, oldPos, newPos, c.Add, pred[:0])
-		for i := int64(0); i < c.Add; i++ {
-			diff = append(diff, newb[newPos+i]-pred[i])
+// addChunk is the most bytes of an add stretch predicted and coded at
+// once.
+const addChunk = 64 << 10
+
+// addChunks splits an add stretch of n bytes at old position oldPos into
+// the pieces both sides predict and code at once: at most addChunk bytes,
+// each but the last ending on an old-side word boundary, so every word
+// inside the stretch is predicted whole. The diff coder sees the
+// prediction one piece at a time; the encoder and the device must cut
+// alike.
+func addChunks(oldPos, n int64, fn func(off, m int64) error) error {
+	for done := int64(0); done < n; {
+		m := min(n-done, addChunk)
+		if done+m < n {
+			m -= (oldPos + done + m) % 4
 		}
+		if err := fn(done, m); err != nil {
+			return err
+		}
+		done += m
+	}
+	return nil
+}
+
+// diffChunk is one piece of an add stretch: its position in the new file,
+// the prediction and the diff bytes (new minus prediction).
+type diffChunk struct {
+	np         int64
+	pred, diff []byte
+}
+
+// encodeBsdiff computes the diff bytes against the prediction, piece by
+// piece, and the extra bytes the triples call for.
+func encodeBsdiff(oldb, newb []byte, cs []ctrl, p predictor) (chunks []diffChunk, extra []byte) {
+	var total int64
+	for _, c := range cs {
+		total += c.Add
+	}
+	pred := make([]byte, 0, total)
+	diff := make([]byte, 0, total)
+	var newPos, oldPos int64
+	for _, c := range cs {
+		addChunks(oldPos, c.Add, func(off, n int64) error {
+			start := len(pred)
+			pred = p.predict(oldb, oldPos+off, newPos+off, n, pred)
+			for i := int64(0); i < n; i++ {
+				diff = append(diff, newb[newPos+off+i]-pred[start+int(i)])
+			}
+			chunks = append(chunks, diffChunk{np: newPos + off, pred: pred[start:len(pred):len(pred)], diff: diff[start:len(diff):len(diff)]})
+			return nil
+		})
 		newPos += c.Add
 		oldPos += c.Add
 		extra = append(extra, newb[newPos:newPos+c.Extra]...)
 		newPos += c.Extra
 		oldPos += c.Seek
 	}
-	return diff, extra
+	return chunks, extra
 }
 
 // applyBsdiff writes the new file: prediction plus diff for added bytes,
 // extra bytes as they are. The triples must have passed checkControl.
-func applyBsdiff(oldb []byte, cs []ctrl, p predictor, diff, extra io.Reader, w io.Writer) error {
+func applyBsdiff(oldb []byte, cs []ctrl, p predictor, diff *cmDecoder, extra io.Reader, w io.Writer) error {
 	var newPos, oldPos int64
-	const chunk = 64 << 10
-	pred := make([]byte, 0, chunk)
-	buf := make([]byte, chunk)
+	pred := make([]byte, 0, addChunk)
+	buf := make([]byte, addChunk)
 	for _, c := range cs {
-		for done := int64(0); done < c.Add; {
-			n := min(c.Add-done, chunk)
-			// End chunks on an old-side word boundary, so every word that
-			// lies inside the add stretch is predicted whole, as it was
-			// when the patch was made.
-			if done+n < c.Add {
-				n -= (oldPos + done + n) % 4
-			}
-			pred = p.predict(oldb, oldPos+done, newPos+done, n, pred[:0])
-			if _, err := io.ReadFull(diff, buf[:n]); err != nil {
-				return streamErr("diff", err)
+		err := addChunks(oldPos, c.Add, func(off, n int64) error {
+			pred = p.predict(oldb, oldPos+off, newPos+off, n, pred[:0])
+			if err := diff.decode(pred, buf[:n], newPos+off); err != nil {
+				return err
 			}
 			for i := range n {
 				buf[i] += pred[i]
 			}
-			if _, err := w.Write(buf[:n]); err != nil {
-				return err
-			}
-			done += n
+			_, err := w.Write(buf[:n])
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		newPos += c.Add
 		oldPos += c.Add

@@ -23,9 +23,18 @@ func TestBsdiffRoundTripSynthetic(t *testing.T) {
 	if err := checkControl(cs, int64(len(old)), int64(len(newb))); err != nil {
 		t.Fatal(err)
 	}
-	diff, extra := encodeBsdiff(old, newb, cs, identity{})
+	chunks, extra := encodeBsdiff(old, newb, cs, identity{})
+	enc := newCMEncoder()
+	for _, c := range chunks {
+		enc.encode(c)
+	}
+	coded := enc.finish()
 	var out bytes.Buffer
-	if err := applyBsdiff(old, cs, identity{}, bytes.NewReader(diff), bytes.NewReader(extra), &out); err != nil {
+	dec := newCMDecoder(bytes.NewReader(coded), enc.raw)
+	if err := applyBsdiff(old, cs, identity{}, dec, bytes.NewReader(extra), &out); err != nil {
+		t.Fatal(err)
+	}
+	if err := dec.finish(int64(len(coded))); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), newb) {

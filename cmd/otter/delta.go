@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -231,6 +232,7 @@ target closure the patch carries, and only then renames the paths into place.`,
 				return usageErrorf("apply takes one patch file, got %d arguments", c.NArg())
 			}
 			u := newUI(c)
+			deviceMemoryLimit()
 			res, err := delta.Apply(c.Context, c.Args().First(), c.String("store"), delta.ApplyOptions{
 				Installed: c.String("installed"), PatchDigest: c.String("patch-digest"), NoFsync: c.Bool("no-fsync"),
 			})
@@ -241,5 +243,15 @@ target closure the patch carries, and only then renames the paths into place.`,
 				fmt.Fprintf(w, "applied: %d new store paths built, %d already present; target %s\n", len(res.Built), len(res.Present), res.Target)
 			})
 		},
+	}
+}
+
+// deviceMemoryLimit keeps the heap of device-side commands near what they
+// hold live (about 40 MiB plus the file being rebuilt) instead of letting
+// the collector double it: devices have little RAM. GOMEMLIMIT, when set,
+// wins.
+func deviceMemoryLimit() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(48 << 20)
 	}
 }
