@@ -91,11 +91,7 @@ func makeIOOptions(opts []IOOption) (*ioOptions, error) {
 func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 	rt := o.transport
 	if rt == nil {
-		t := remote.DefaultTransport.(*http.Transport).Clone()
-		if o.insecure {
-			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for with --insecure
-		}
-		rt = t
+		rt = defaultTransport(o.insecure)
 	}
 	return []remote.Option{
 		remote.WithContext(ctx),
@@ -106,6 +102,14 @@ func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 		remote.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
 			http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
 	}
+}
+
+func defaultTransport(insecure bool) http.RoundTripper {
+	t := remote.DefaultTransport.(*http.Transport).Clone()
+	if insecure {
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for with --insecure
+	}
+	return t
 }
 
 // ErrNotFound is returned when a reference names nothing.
