@@ -202,28 +202,9 @@ func Referrers(ctx context.Context, ref Ref, subject v1.Hash, artifactType strin
 // it is an artifact of artifactType for subject and that the blob is at
 // most max bytes.
 func ArtifactBlob(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType string, max int64, opts ...IOOption) ([]byte, error) {
-	o, err := makeIOOptions(opts)
+	img, m, err := readArtifact(ctx, ref, subject, h, artifactType, opts)
 	if err != nil {
 		return nil, err
-	}
-	var img v1.Image
-	if ref.Remote != nil {
-		img, err = remote.Image(ref.Remote.Context().Digest(h.String()), o.remote(ctx)...)
-	} else {
-		var idx v1.ImageIndex
-		if idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)}); err == nil {
-			img, err = idx.Image(h)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading attachment %s: %w", h, classify(err))
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, err
-	}
-	if m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != subject || len(m.Layers) != 1 {
-		return nil, errNotOurs
 	}
 	if m.Layers[0].Size > max {
 		return nil, fmt.Errorf("%w: attachment %s holds %d bytes, more than %d", sign.ErrOversized, h, m.Layers[0].Size, max)
@@ -238,6 +219,44 @@ func ArtifactBlob(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType
 	}
 	return blob, nil
 }
+
+// ArtifactManifest reads the manifest of artifact h, checking that it is
+// an artifact of artifactType for subject with one blob: its Layers[0]
+// says where the blob is, for FetchBlob.
+func ArtifactManifest(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType string, opts ...IOOption) (*v1.Manifest, error) {
+	_, m, err := readArtifact(ctx, ref, subject, h, artifactType, opts)
+	return m, err
+}
+
+func readArtifact(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType string, opts []IOOption) (v1.Image, *v1.Manifest, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	var img v1.Image
+	if ref.Remote != nil {
+		img, err = remote.Image(ref.Remote.Context().Digest(h.String()), o.remote(ctx)...)
+	} else {
+		var idx v1.ImageIndex
+		if idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)}); err == nil {
+			img, err = idx.Image(h)
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading attachment %s: %w", h, classify(err))
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != subject || len(m.Layers) != 1 {
+		return nil, nil, errNotOurs
+	}
+	return img, m, nil
+}
+
+// IsNotOurs reports an artifact that is not of the kind asked for.
+func IsNotOurs(err error) bool { return errors.Is(err, errNotOurs) }
 
 // readBlob reads a layer's bytes, checking their digest and a size bound.
 func readBlob(l v1.Layer, max int64) ([]byte, error) {

@@ -12,6 +12,7 @@ import (
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
+	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
@@ -29,19 +30,24 @@ const (
 	exitSetup     = 7 // this machine is not set up: no Nix, no qemu, no binfmt handler or one without the F flag, not root
 	exitBuild     = 8 // Nix ran and the build failed
 	// Verification refusals, one code each (docs/signing.md).
-	exitBadSignature = 10  // a signature does not verify
-	exitUnknownKey   = 11  // signed only by keys the trust file does not hold
-	exitThreshold    = 12  // fewer trusted signatures than the threshold
-	exitExpired      = 13  // the statement expired (freeze attack)
-	exitRollback     = 14  // a version lower than the installed one
-	exitWrongSystem  = 15  // a statement for another system
-	exitWrongChannel = 16  // a statement for another channel
-	exitMixAndMatch  = 17  // a statement for another artifact, or of another kind
-	exitMalformed    = 18  // a malformed, truncated or oversized statement
-	exitNotSigned    = 19  // no signature at all
-	exitPatchBase    = 20  // a patch for another base release
-	exitPatchInvalid = 21  // a truncated, corrupt, tampered or oversized patch, or one that does not build the target
-	exitInterrupted  = 130 // interrupted (Ctrl-C or SIGTERM)
+	exitBadSignature = 10 // a signature does not verify
+	exitUnknownKey   = 11 // signed only by keys the trust file does not hold
+	exitThreshold    = 12 // fewer trusted signatures than the threshold
+	exitExpired      = 13 // the statement expired (freeze attack)
+	exitRollback     = 14 // a version lower than the installed one
+	exitWrongSystem  = 15 // a statement for another system
+	exitWrongChannel = 16 // a statement for another channel
+	exitMixAndMatch  = 17 // a statement for another artifact, or of another kind
+	exitMalformed    = 18 // a malformed, truncated or oversized statement
+	exitNotSigned    = 19 // no signature at all
+	exitPatchBase    = 20 // a patch for another base release
+	exitPatchInvalid = 21 // a truncated, corrupt, tampered or oversized patch, or one that does not build the target
+	// Device refusals (docs/device.md).
+	exitRolledBack  = 22  // the new release failed activation or its health check; the device is back on the old one
+	exitKnownBad    = 23  // the release failed its health check here before (--retry installs it)
+	exitNoSpace     = 24  // not enough free space for the update; nothing changed
+	exitBusy        = 25  // another otter holds the device state
+	exitInterrupted = 130 // interrupted (Ctrl-C or SIGTERM)
 )
 
 var errInterrupted = errors.New("interrupted")
@@ -106,6 +112,14 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
+	case errors.Is(err, device.ErrHealthCheck), errors.Is(err, device.ErrActivation):
+		return exitRolledBack
+	case errors.Is(err, device.ErrKnownBad):
+		return exitKnownBad
+	case errors.Is(err, device.ErrNoSpace):
+		return exitNoSpace
+	case errors.Is(err, device.ErrBusy):
+		return exitBusy
 	}
 	return exitError
 }

@@ -75,6 +75,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			exportCommand(),
 			deltaCommand(),
 			applyCommand(),
+			updateCommand(),
+			statusCommand(),
+			rollbackCommand(),
+			gcCommand(),
+			recoverCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/otter-fleet/otter/device"
+	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/oci"
+)
+
+// fleet publishes demo releases 1..n at base:rN, each signed, and a signed
+// patch from each release to the next. It returns the trust file and each
+// release's digest and closure.
+func fleet(t *testing.T, base string, n int) (trust string, digests []string, closures []*nix.Closure) {
+	t.Helper()
+	key, _, trust := keys(t, t.TempDir(), "release")
+	for i := 1; i <= n; i++ {
+		tree, pi, root := demoReleaseTree(t, i)
+		ref := base + ":r" + strconv.Itoa(i)
+		var b bundleResult
+		otterJSON(t, &b, "bundle", "--store-dir", tree, "--path-info", pi, root, "--out", ref, "--release-version", strconv.Itoa(i))
+		otterJSON(t, &signResult{}, "sign", ref, "--key", key, "--expires", "720h")
+		if i > 1 {
+			otterJSON(t, &deltaResult{}, "delta", "--from", base+":r"+strconv.Itoa(i-1), ref, "--key", key, "--max-share", "10")
+		}
+		r, _ := oci.ParseRef(ref, true)
+		_, cfg, err := oci.Open(context.Background(), r, oci.WithInsecure(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests = append(digests, b.Digest.String())
+		closures = append(closures, cfg.Closure())
+	}
+	return trust, digests, closures
+}
+
+type deviceDirs struct{ store, state, trust string }
+
+func (d deviceDirs) args(extra ...string) []string {
+	return append([]string{"--store", d.store, "--state", d.state, "--trust", d.trust, "--insecure"}, extra...)
+}
+
+func status(t *testing.T, d deviceDirs) device.Status {
+	t.Helper()
+	var st device.Status
+	otterJSON(t, &st, append([]string{"status"}, d.args()...)...)
+	return st
+}
+
+// TestDeviceUpdates takes a device through first install, a patch update,
+// a failed health check, a known-bad refusal, a retry, a rollback, an
+// anti-rollback refusal and garbage collection.
+func TestDeviceUpdates(t *testing.T) {
+	for _, where := range []struct {
+		name string
+		base func(t *testing.T) string
+	}{
+		{"layout", func(t *testing.T) string { return "oci:" + filepath.Join(t.TempDir(), "l") }},
+		{"docker-registry", func(t *testing.T) string { return testutil.RealRegistry(t) + "/" + testutil.Repository(t) }},
+	} {
+		t.Run(where.name, func(t *testing.T) {
+			base := where.base(t)
+			trust, digests, closures := fleet(t, base, 3)
+			d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+
+			if st := status(t, d); st.Current != nil {
+				t.Fatalf("a new device has %+v installed", st.Current)
+			}
+			var res device.UpdateResult
+			otterJSON(t, &res, append([]string{"update", base + ":r1"}, d.args()...)...)
+			if res.Method != "layers" || res.To != 1 || res.Target != digests[0] || len(res.Built) != 3 {
+				t.Fatalf("first install: %+v", res)
+			}
+			testutil.VerifyStore(t, closures[0], d.store)
+
+			// The demo's paths are tiny: their layers are a smaller
+			// download than a patch, which carries the target's manifest.
+			if code, _, _ := otter(t, append([]string{"update", base + ":r2", "--method", "bogus"}, d.args()...)...); code != exitUsage {
+				t.Fatalf("--method bogus: exit %d", code)
+			}
+			otterJSON(t, &res, append([]string{"update", base + ":r2", "--method", "patch"}, d.args()...)...)
+			d2 := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+			var auto device.UpdateResult
+			otterJSON(t, &auto, append([]string{"update", base + ":r1"}, d2.args()...)...)
+			otterJSON(t, &auto, append([]string{"update", base + ":r2"}, d2.args()...)...)
+			if auto.Method != "layers" || auto.Download >= res.Download {
+				t.Fatalf("auto chose %s (%d bytes), the patch is %d bytes", auto.Method, auto.Download, res.Download)
+			}
+			testutil.VerifyStore(t, closures[1], d2.store)
+			if res.Method != "patch" || res.From != 1 || res.To != 2 || res.Target != digests[1] {
+				t.Fatalf("patch update: %+v", res)
+			}
+			if res.Transferred != res.Download || res.Download == 0 {
+				t.Errorf("downloaded %d of a %d-byte patch", res.Transferred, res.Download)
+			}
+			testutil.VerifyStore(t, closures[1], d.store)
+			root, err := os.Readlink(filepath.Join(d.state, "generations", "2", "root"))
+			if err != nil || closures[1].Lookup(nix.StoreDir+"/"+filepath.Base(root)) == nil || filepath.Dir(root) != d.store {
+				t.Fatalf("generation 2 root %q %v", root, err)
+			}
+
+			otterJSON(t, &res, append([]string{"update", base + ":r2"}, d.args()...)...)
+			if !res.UpToDate {
+				t.Fatalf("second update to the same release: %+v", res)
+			}
+
+			// A release that fails its health check: back on 2, and why.
+			marker := filepath.Join(t.TempDir(), "activated")
+			failing := d.args("--activate", "echo $OTTER_GENERATION >> "+marker, "--health-check", "echo sensor dead >&2; exit 3")
+			if code, _, stderr := otter(t, append([]string{"update", base + ":r3"}, failing...)...); code != exitRolledBack {
+				t.Fatalf("failed health check: exit %d, %s", code, stderr)
+			}
+			st := status(t, d)
+			if st.Current == nil || st.Current.Number != 2 || st.Last.Result != "rolled-back" || st.Failed[digests[2]] == "" {
+				t.Fatalf("after the failed check: %+v", st)
+			}
+			if got, _ := os.ReadFile(marker); string(got) != "3\n2\n" {
+				t.Errorf("activations %q, want generation 3 then 2 again", got)
+			}
+			testutil.VerifyStore(t, closures[1], d.store)
+			if code, _, _ := otter(t, append([]string{"update", base + ":r3"}, d.args()...)...); code != exitKnownBad {
+				t.Fatalf("known-bad release: exit %d", code)
+			}
+			// A health check that hangs is a failure too.
+			hanging := d.args("--retry", "--health-check", "sleep 30", "--health-timeout", "300ms")
+			if code, _, stderr := otter(t, append([]string{"update", base + ":r3"}, hanging...)...); code != exitRolledBack {
+				t.Fatalf("hanging health check: exit %d, %s", code, stderr)
+			}
+			otterJSON(t, &res, append([]string{"update", base + ":r3", "--retry", "--method", "patch", "--health-check", "test -d $OTTER_ROOT"}, d.args()...)...)
+			if res.To != 3 || res.Method != "patch" {
+				t.Fatalf("retried update: %+v", res)
+			}
+			testutil.VerifyStore(t, closures[2], d.store)
+
+			// Anti-rollback: release 1 is older than the installed 3.
+			if code, _, _ := otter(t, append([]string{"update", base + ":r1"}, d.args()...)...); code != exitRollback {
+				t.Fatalf("older release: exit %d", code)
+			}
+			var o device.Outcome
+			otterJSON(t, &o, append([]string{"rollback"}, d.args()...)...)
+			if o.From != 3 || o.To != 2 || status(t, d).Current.Digest != digests[1] {
+				t.Fatalf("rollback: %+v", o)
+			}
+			testutil.VerifyStore(t, closures[1], d.store)
+
+			// gc keeping only the current generation collects releases 1 and 3.
+			var gc struct{ Collected []string }
+			otterJSON(t, &gc, append([]string{"gc"}, d.args("--keep", "1")...)...)
+			testutil.AssertOnlyStorePaths(t, d.store, closures[1])
+			if len(gc.Collected) == 0 {
+				t.Fatal("gc collected nothing")
+			}
+		})
+	}
+}
+
+// TestDevicePowerLoss kills otter update (SIGKILL) at every phase and at
+// random instants. After each kill the next otter command finds the device
+// on exactly the old or exactly the new release with every NAR hash
+// right, and updating again completes.
+func TestDevicePowerLoss(t *testing.T) {
+	base := "oci:" + filepath.Join(t.TempDir(), "l")
+	trust, digests, closures := fleet(t, base, 2)
+	bin := otterBinary(t)
+	template := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+	otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":r1", "--no-fsync"}, template.args()...)...)
+
+	fresh := func(t *testing.T) deviceDirs {
+		d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+		for _, p := range [][2]string{{template.store, d.store}, {template.state, d.state}} {
+			if out, err := exec.Command("cp", "-a", p[0]+"/.", p[1]).CombinedOutput(); err != nil {
+				t.Fatalf("%s %v", out, err)
+			}
+		}
+		return d
+	}
+	check := func(t *testing.T, d deviceDirs, label string) string {
+		st := status(t, d)
+		if st.Current == nil {
+			t.Fatalf("%s: nothing installed after recovery", label)
+		}
+		switch st.Current.Digest {
+		case digests[0]:
+			testutil.VerifyStore(t, closures[0], d.store)
+		case digests[1]:
+			testutil.VerifyStore(t, closures[1], d.store)
+		default:
+			t.Fatalf("%s: on %s, neither release", label, st.Current.Digest)
+		}
+		if _, err := os.Stat(filepath.Join(d.state, "journal.json")); !os.IsNotExist(err) {
+			t.Fatalf("%s: journal left after recovery", label)
+		}
+		return st.Current.Digest
+	}
+	finish := func(t *testing.T, d deviceDirs, label string) {
+		var res device.UpdateResult
+		otterJSON(t, &res, append([]string{"update", base + ":r2", "--health-check", "true"}, d.args()...)...)
+		if st := status(t, d); st.Current == nil || st.Current.Digest != digests[1] {
+			t.Fatalf("%s: the update again did not complete: %+v", label, res)
+		}
+		testutil.VerifyStore(t, closures[1], d.store)
+	}
+	run := func(d deviceDirs, env string) *exec.Cmd {
+		cmd := exec.Command(bin, append([]string{"update", base + ":r2", "-q", "--health-check", "sleep 0.05"}, d.args()...)...)
+		cmd.Env = append(os.Environ(), env)
+		return cmd
+	}
+
+	points := []string{"phase-fetch", "fetched", "phase-apply", "applied", "generation", "phase-switch", "switched",
+		"activated", "healthy", "phase-commit", "committed"}
+	for _, p := range points {
+		t.Run(p, func(t *testing.T) {
+			d := fresh(t)
+			err := run(d, "OTTER_TEST_CRASH="+p).Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != -1 {
+				t.Fatalf("update was not killed at %s: %v", p, err)
+			}
+			got := check(t, d, p)
+			if (p == "committed" || p == "phase-commit") != (got == digests[1]) {
+				t.Errorf("killed at %s, recovered to %s", p, got)
+			}
+			finish(t, d, p)
+		})
+	}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := range 12 {
+		delay := time.Duration(rng.Intn(250)) * time.Millisecond
+		t.Run(fmt.Sprintf("random-%d-%v", i, delay), func(t *testing.T) {
+			d := fresh(t)
+			cmd := run(d, "OTTER_TEST_CRASH=")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(delay)
+			cmd.Process.Kill()
+			cmd.Wait()
+			check(t, d, delay.String())
+			finish(t, d, delay.String())
+		})
+	}
+}
+
+// TestDeviceLockAndStatusJSON: a second otter waits for no one: it is
+// refused while the state is locked.
+func TestDeviceBusy(t *testing.T) {
+	state := t.TempDir()
+	d, _, err := device.Open(device.Config{Store: testutil.TempStore(t), State: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	code, _, _ := otter(t, "status", "--store", t.TempDir(), "--state", state)
+	if code != exitBusy {
+		t.Fatalf("status while locked: exit %d", code)
+	}
+}

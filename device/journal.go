@@ -1,0 +1,142 @@
+package device
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/otter-fleet/otter/internal/fsutil"
+)
+
+// Phases of an update, as the journal records them (docs/device.md).
+const (
+	// Before the switch: current still names the old generation.
+	phaseFetch = "fetch"
+	phaseApply = "apply"
+	// The new generation exists and current may name it; the health
+	// check has not passed.
+	phaseSwitch = "switch"
+	// The health check passed; what is left is cleaning up.
+	phaseCommit = "commit"
+)
+
+// journal is what an update in progress has done so far.
+type journal struct {
+	Phase  string `json:"phase"`
+	Target string `json:"target"`
+	From   int    `json:"from"`
+	To     int    `json:"to,omitempty"`
+}
+
+func (d *Device) setPhase(j *journal, phase string) error {
+	j.Phase = phase
+	if err := d.writeJSON("journal.json", j); err != nil {
+		return err
+	}
+	crashPoint("phase-" + phase)
+	return nil
+}
+
+// Recovery says what Open found and did.
+type Recovery struct {
+	Phase  string `json:"phase"`
+	Target string `json:"target"`
+	Action string `json:"action"` // discarded, rolled-back, completed
+}
+
+// recover finishes or undoes an interrupted update so the device is on
+// exactly one release: before the switch, the update is forgotten
+// (downloads stay for the next try); after the switch but before the
+// health check passed, current goes back to the old generation; after
+// it passed, the clean-up is finished.
+func (d *Device) recover() (*Recovery, error) {
+	d.removeLeftovers()
+	var j journal
+	ok, err := d.readJSON("journal.json", &j)
+	if err != nil || !ok {
+		return nil, err
+	}
+	rec := &Recovery{Phase: j.Phase, Target: j.Target}
+	switch j.Phase {
+	case phaseFetch, phaseApply:
+		rec.Action = "discarded"
+		if j.To > 0 {
+			if err := d.dropGeneration(j.To); err != nil {
+				return nil, err
+			}
+		}
+		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "interrupted",
+			Reason: fmt.Sprintf("interrupted while in phase %q; still on generation %d; downloads kept", j.Phase, j.From)})
+	case phaseSwitch:
+		rec.Action = "rolled-back"
+		cur, err := d.current()
+		if err != nil {
+			return nil, err
+		}
+		if cur != j.From {
+			if err := d.switchTo(j.From); err != nil {
+				return nil, err
+			}
+			if j.From > 0 {
+				_ = d.activate(j.From) // the old release was working before
+			}
+		}
+		if err := d.dropGeneration(j.To); err != nil {
+			return nil, err
+		}
+		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "interrupted",
+			Reason: fmt.Sprintf("interrupted before generation %d passed its health check; back on generation %d", j.To, j.From)})
+	case phaseCommit:
+		rec.Action = "completed"
+		if _, err := d.gc(); err != nil {
+			return nil, err
+		}
+		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.To, Result: "ok"})
+	default:
+		return nil, fmt.Errorf("%w: journal phase %q", ErrState, j.Phase)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rec, d.removeState("journal.json")
+}
+
+// removeLeftovers deletes half-made things no journal needs: a generation
+// being written, the temporary current link, staging in the store.
+func (d *Device) removeLeftovers() {
+	ents, _ := os.ReadDir(d.path("generations"))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".new-") {
+			fsutil.RemoveAll(d.path("generations", e.Name()))
+		}
+	}
+	os.Remove(d.path(".current.tmp"))
+	ents, _ = os.ReadDir(d.c.Store)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".otter-") {
+			fsutil.RemoveAll(filepath.Join(d.c.Store, e.Name()))
+		}
+	}
+}
+
+// dropGeneration removes generation n unless current names it.
+func (d *Device) dropGeneration(n int) error {
+	if cur, err := d.current(); err != nil || cur == n {
+		return err
+	}
+	if err := fsutil.RemoveAll(d.genDir(n)); err != nil {
+		return err
+	}
+	return d.syncDir(d.path("generations"))
+}
+
+// crashPoint kills the process where OTTER_TEST_CRASH names the point:
+// the power-loss tests use it to stop an update at every phase.
+func crashPoint(name string) {
+	if v := os.Getenv("OTTER_TEST_CRASH"); v != "" && v == name {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}

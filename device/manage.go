@@ -1,0 +1,173 @@
+package device
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/nix"
+)
+
+// gc keeps the current generation and the newest others, Keep in all, and
+// removes every store path none of them uses. It runs only without an
+// update in progress before the commit (the caller holds the lock).
+func (d *Device) gc() ([]string, error) {
+	gens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	cur, err := d.current()
+	if err != nil {
+		return nil, err
+	}
+	// The current generation and the newest others, Keep in all.
+	keep := map[int]bool{cur: true}
+	for i := len(gens) - 1; i >= 0 && len(keep) < d.c.Keep; i-- {
+		keep[gens[i]] = true
+	}
+	live := map[string]bool{}
+	for _, n := range gens {
+		if !keep[n] {
+			if err := fsutil.RemoveAll(d.genDir(n)); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		g, err := d.loadGeneration(n)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range g.Config.Paths {
+			live[filepath.Base(p.Path)] = true
+		}
+	}
+	if err := d.syncDir(d.path("generations")); err != nil {
+		return nil, err
+	}
+	if len(live) == 0 {
+		return []string{}, nil // nothing installed: collect nothing
+	}
+	ents, err := os.ReadDir(d.c.Store)
+	if err != nil {
+		return nil, err
+	}
+	collected := []string{}
+	for _, e := range ents {
+		name := e.Name()
+		if live[name] || nix.ValidateStorePath(nix.StoreDir+"/"+name) != nil {
+			continue // only store paths; never anything else in the directory
+		}
+		if err := fsutil.RemoveAll(filepath.Join(d.c.Store, name)); err != nil {
+			return nil, err
+		}
+		collected = append(collected, nix.StoreDir+"/"+name)
+	}
+	return collected, d.syncDir(d.c.Store)
+}
+
+// GC collects old generations and unused store paths.
+func (d *Device) GC() ([]string, error) { return d.gc() }
+
+// Rollback switches to the newest generation older than the current one
+// and activates it.
+func (d *Device) Rollback() (*Outcome, error) {
+	cur, err := d.current()
+	if err != nil {
+		return nil, err
+	}
+	gens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	prev := 0
+	for _, n := range gens {
+		if n < cur {
+			prev = n
+		}
+	}
+	if prev == 0 {
+		return nil, fmt.Errorf("%w (current is %d)", ErrNoPrevious, cur)
+	}
+	g, err := d.loadGeneration(prev)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.switchTo(prev); err != nil {
+		return nil, err
+	}
+	o := Outcome{Action: "rollback", Target: g.Digest, From: cur, To: prev, Result: "ok"}
+	if err := d.activate(prev); err != nil {
+		o.Result, o.Reason = "failed", "activation: "+err.Error()
+	}
+	if err := d.record(o); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+// Status is what otter status reports.
+type Status struct {
+	Store       string        `json:"store"`
+	State       string        `json:"state"`
+	Current     *Generation   `json:"current"`
+	Generations []*Generation `json:"generations"`
+	Last        *Outcome      `json:"last,omitempty"`
+	Recovered   *Recovery     `json:"recovered,omitempty"`
+	// Failed maps releases that failed their health check here to why.
+	Failed map[string]string `json:"failed,omitempty"`
+	// Downloads are partial downloads kept for resuming.
+	Downloads []string `json:"downloads"`
+}
+
+// Status reads the device state.
+func (d *Device) Status() (*Status, error) {
+	s := &Status{Store: d.c.Store, State: d.c.State, Generations: []*Generation{}, Downloads: []string{}}
+	gens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	cur, err := d.current()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range gens {
+		g, err := d.loadGeneration(n)
+		if err != nil {
+			return nil, err
+		}
+		s.Generations = append(s.Generations, g)
+		if n == cur {
+			s.Current = g
+		}
+	}
+	if cur != 0 && s.Current == nil {
+		return nil, fmt.Errorf("%w: current names generation %d, which is missing", ErrState, cur)
+	}
+	var last Outcome
+	if ok, err := d.readJSON("last.json", &last); err != nil {
+		return nil, err
+	} else if ok {
+		s.Last = &last
+	}
+	if _, err := d.readJSON("failed.json", &s.Failed); err != nil {
+		return nil, err
+	}
+	ents, _ := os.ReadDir(d.path("downloads"))
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".part") {
+			s.Downloads = append(s.Downloads, e.Name())
+		}
+	}
+	return s, nil
+}
+
+// Current returns the current generation, nil when nothing is installed.
+func (d *Device) Current() (*Generation, error) {
+	cur, err := d.current()
+	if err != nil || cur == 0 {
+		return nil, err
+	}
+	return d.loadGeneration(cur)
+}

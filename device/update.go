@@ -1,0 +1,487 @@
+package device
+
+import (
+	"context"
+	"errors"
+
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sys/unix"
+
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/delta"
+	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/sign"
+)
+
+// UpdateOptions tune one update.
+type UpdateOptions struct {
+	// Retry installs a release even if it failed its health check here.
+	Retry bool
+	// Method forces "patch" (an error if there is no signed patch from the
+	// installed release) or "layers"; empty picks the smaller download.
+	Method string
+}
+
+// ErrNoPatch is returned when a patch is required and the registry has
+// no signed patch from the installed release.
+var ErrNoPatch = errors.New("device: no signed patch from the installed release")
+
+// UpdateResult says what an update did.
+type UpdateResult struct {
+	Target   string `json:"target"`
+	Version  uint64 `json:"version"`
+	From     int    `json:"from"`
+	To       int    `json:"to"`
+	UpToDate bool   `json:"upToDate,omitempty"`
+	// Method is patch (one signed patch from the installed release) or
+	// layers (the store paths the device lacks).
+	Method string `json:"method,omitempty"`
+	// Download is the size of what the method needs; Transferred what
+	// crossed the network this time (less when resuming).
+	Download    int64    `json:"download"`
+	Transferred int64    `json:"transferred"`
+	Built       []string `json:"built"`
+	Collected   []string `json:"collected"`
+}
+
+// Update installs the release ref names, or leaves the device on its
+// current release with the reason in the returned error and last.json.
+func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*UpdateResult, error) {
+	img, cfg, err := oci.Open(ctx, ref, d.c.IO...)
+	if err != nil {
+		return nil, err
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	from, err := d.current()
+	if err != nil {
+		return nil, err
+	}
+	res := &UpdateResult{Target: digest.String(), From: from, To: from, Built: []string{}, Collected: []string{}}
+	var installed *Generation
+	if from > 0 {
+		if installed, err = d.loadGeneration(from); err != nil {
+			return nil, err
+		}
+		if installed.Digest == digest.String() {
+			res.UpToDate, res.Version = true, installed.Release.Version
+			return res, nil
+		}
+	}
+	failed := map[string]string{}
+	if _, err := d.readJSON("failed.json", &failed); err != nil {
+		return nil, err
+	}
+	if why, bad := failed[digest.String()]; bad && !o.Retry {
+		return nil, fmt.Errorf("%w (%s); --retry installs it anyway", ErrKnownBad, why)
+	}
+	fail := func(err error) (*UpdateResult, error) {
+		d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()})
+		return nil, err
+	}
+
+	// The statement: trusted keys, this system and channel, not expired,
+	// not older than what is installed.
+	policy := sign.Policy{Trust: d.c.Trust, Now: d.c.Now(), Digest: digest.String(), System: d.c.System, Channel: d.c.Channel}
+	if installed != nil {
+		policy.Installed, policy.HasInstalled = installed.Release.Version, true
+	}
+	envelope, release, err := verifiedRelease(ctx, ref, digest, policy, d.c.IO)
+	if err != nil {
+		return fail(err)
+	}
+	res.Version = release.Version
+
+	j := &journal{Target: digest.String(), From: from}
+	if err := d.setPhase(j, phaseFetch); err != nil {
+		return nil, err
+	}
+	dl := d.path("downloads")
+	var (
+		patchFile, patchDigest string
+		plan                   *layerPlan
+	)
+	if o.Method == "patch" && installed == nil {
+		return fail(fmt.Errorf("%w: nothing is installed", ErrNoPatch))
+	}
+	if installed != nil && o.Method != "layers" {
+		p, err := d.findPatch(ctx, ref, digest, installed.Digest, policy)
+		if err != nil {
+			return fail(err)
+		}
+		if plan, err = d.planLayers(img, cfg); err != nil {
+			return fail(err)
+		}
+		if p == nil && o.Method == "patch" {
+			return fail(fmt.Errorf("%w %s to %s", ErrNoPatch, installed.Digest, digest))
+		}
+		if p != nil && (o.Method == "patch" || o.Method == "" && p.Size < plan.bytes) {
+			res.Method, res.Download, patchDigest = "patch", p.Size, p.Digest.String()
+			if err := d.checkSpace(p.Size, plan.narBytes); err != nil {
+				return fail(err)
+			}
+			patchFile = filepath.Join(dl, p.Digest.Hex+".patch")
+			fr, err := oci.FetchBlob(ctx, ref, *p, patchFile, d.c.Stall, d.ioWithProgress()...)
+			if fr != nil {
+				res.Transferred += fr.Transferred
+			}
+			if err != nil {
+				return fail(fmt.Errorf("downloading the patch: %w", err))
+			}
+		}
+	}
+	if patchFile == "" {
+		if plan == nil {
+			if plan, err = d.planLayers(img, cfg); err != nil {
+				return fail(err)
+			}
+		}
+		res.Method, res.Download = "layers", plan.bytes
+		if err := d.checkSpace(plan.bytes, plan.narBytes); err != nil {
+			return fail(err)
+		}
+		for _, l := range plan.layers {
+			fr, err := oci.FetchBlob(ctx, ref, l, filepath.Join(dl, l.Digest.Hex+".layer"), d.c.Stall, d.ioWithProgress()...)
+			if fr != nil {
+				res.Transferred += fr.Transferred
+			}
+			if err != nil {
+				return fail(fmt.Errorf("downloading layer %s: %w", l.Digest, err))
+			}
+		}
+	}
+	crashPoint("fetched")
+
+	if err := d.setPhase(j, phaseApply); err != nil {
+		return nil, err
+	}
+	if patchFile != "" {
+		ar, err := delta.Apply(ctx, patchFile, d.c.Store, delta.ApplyOptions{Installed: installed.Digest, PatchDigest: patchDigest, NoFsync: d.c.NoFsync})
+		if err != nil {
+			return fail(fmt.Errorf("applying the patch: %w", err))
+		}
+		res.Built = ar.Built
+	} else {
+		er, err := bundle.Extract(ctx, &localImage{Image: img, dir: dl}, cfg, d.c.Store, bundle.WithFsync(!d.c.NoFsync))
+		if err != nil {
+			return fail(fmt.Errorf("installing the layers: %w", err))
+		}
+		res.Built = er.Extracted
+	}
+	crashPoint("applied")
+
+	// The new generation, complete before anything names it.
+	gens, err := d.generations()
+	if err != nil {
+		return nil, err
+	}
+	to := 1
+	if len(gens) > 0 {
+		to = gens[len(gens)-1] + 1
+	}
+	j.To = to
+	if err := d.setPhase(j, phaseApply); err != nil {
+		return nil, err
+	}
+	if err := d.writeGeneration(to, img, envelope); err != nil {
+		return fail(err)
+	}
+	crashPoint("generation")
+	if err := d.setPhase(j, phaseSwitch); err != nil {
+		return nil, err
+	}
+	if err := d.switchTo(to); err != nil {
+		return nil, err
+	}
+	crashPoint("switched")
+	if err := d.activate(to); err != nil {
+		return d.rollBackFailed(j, failed, fmt.Errorf("%w: %v", ErrActivation, err))
+	}
+	crashPoint("activated")
+	if err := d.healthCheck(to); err != nil {
+		return d.rollBackFailed(j, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
+	}
+	crashPoint("healthy")
+	if err := d.setPhase(j, phaseCommit); err != nil {
+		return nil, err
+	}
+	res.To = to
+	if res.Collected, err = d.gc(); err != nil {
+		return nil, err
+	}
+	for _, name := range []string{patchFile} {
+		if name != "" {
+			os.Remove(name)
+		}
+	}
+	if plan != nil && patchFile == "" {
+		for _, l := range plan.layers {
+			os.Remove(filepath.Join(dl, l.Digest.Hex+".layer"))
+		}
+	}
+	if err := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: to, Result: "ok"}); err != nil {
+		return nil, err
+	}
+	crashPoint("committed")
+	return res, d.removeState("journal.json")
+}
+
+// rollBackFailed puts the old generation back after the new one failed
+// to activate or to pass its health check, and remembers the release.
+func (d *Device) rollBackFailed(j *journal, failed map[string]string, cause error) (*UpdateResult, error) {
+	if err := d.switchTo(j.From); err != nil {
+		return nil, err
+	}
+	if j.From > 0 {
+		if err := d.activate(j.From); err != nil {
+			cause = fmt.Errorf("%w; reactivating generation %d also failed: %v", cause, j.From, err)
+		}
+	}
+	if err := d.dropGeneration(j.To); err != nil {
+		return nil, err
+	}
+	failed[j.Target] = cause.Error()
+	if err := d.writeJSON("failed.json", failed); err != nil {
+		return nil, err
+	}
+	if err := d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "rolled-back", Reason: cause.Error()}); err != nil {
+		return nil, err
+	}
+	if err := d.removeState("journal.json"); err != nil {
+		return nil, err
+	}
+	return nil, cause
+}
+
+func verifiedRelease(ctx context.Context, ref oci.Ref, digest v1.Hash, p sign.Policy, io []oci.IOOption) ([]byte, *sign.Release, error) {
+	envs, err := oci.Attached(ctx, ref, digest, sign.ReleaseType, io...)
+	if err != nil {
+		return nil, nil, err
+	}
+	var first error
+	for _, e := range envs {
+		r, err := sign.VerifyRelease(e, p)
+		if err == nil {
+			return e, r, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	if first == nil {
+		first = sign.ErrNotSigned
+	}
+	return nil, nil, fmt.Errorf("release %s: %w", digest, first)
+}
+
+// findPatch returns the blob of a signed patch from base to target, if
+// the registry has one.
+func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, base string, p sign.Policy) (*v1.Descriptor, error) {
+	descs, err := oci.Referrers(ctx, ref, target, delta.ArtifactType, d.c.IO...)
+	if err != nil {
+		return nil, err
+	}
+	var stmts [][]byte
+	for _, desc := range descs {
+		if b, ok := desc.Annotations[annotationPatchBase]; ok && b != base {
+			continue
+		}
+		m, err := oci.ArtifactManifest(ctx, ref, target, desc.Digest, delta.ArtifactType, d.c.IO...)
+		if oci.IsNotOurs(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m.Annotations[annotationPatchBase] != base {
+			continue
+		}
+		if stmts == nil {
+			if stmts, err = oci.Attached(ctx, ref, target, sign.PatchType, d.c.IO...); err != nil {
+				return nil, err
+			}
+		}
+		blob := m.Layers[0]
+		pp := p
+		pp.Digest = blob.Digest.String()
+		for _, s := range stmts {
+			if st, err := sign.VerifyPatch(s, base, pp); err == nil && st.Target == target.String() && st.PatchSize == blob.Size {
+				return &blob, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// annotationPatchBase names a patch artifact's base bundle (cmd/otter).
+const annotationPatchBase = "dev.otter.patch.base"
+
+type layerPlan struct {
+	layers   []v1.Descriptor
+	bytes    int64 // compressed, to download
+	narBytes int64 // unpacked, in the store
+}
+
+// planLayers lists the layers of the store paths the store lacks.
+func (d *Device) planLayers(img v1.Image, cfg *bundle.Config) (*layerPlan, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Layers) != len(cfg.Paths) {
+		return nil, fmt.Errorf("%w: %d layers for %d store paths", bundle.ErrConfig, len(m.Layers), len(cfg.Paths))
+	}
+	p := &layerPlan{}
+	for i, sp := range cfg.Paths {
+		if _, err := os.Lstat(filepath.Join(d.c.Store, filepath.Base(sp.Path))); err == nil {
+			continue
+		}
+		p.layers = append(p.layers, m.Layers[i])
+		p.bytes += m.Layers[i].Size
+		p.narBytes += sp.NarSize
+	}
+	return p, nil
+}
+
+// checkSpace refuses an update the file systems cannot hold: the download
+// in the state directory, the new paths (and their staging) in the store.
+func (d *Device) checkSpace(download, nar int64) error {
+	need := map[string]int64{d.path("downloads"): download, d.c.Store: nar}
+	var sd, ss unix.Statfs_t
+	if unix.Statfs(d.path("downloads"), &sd) == nil && unix.Statfs(d.c.Store, &ss) == nil && sd.Fsid == ss.Fsid {
+		need = map[string]int64{d.c.Store: download + nar}
+	}
+	for dir, n := range need {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			return err
+		}
+		free := int64(st.Bavail) * int64(st.Bsize)
+		n += n/10 + 1<<20 // file system overhead
+		if free < n {
+			return fmt.Errorf("%w on %s: %d bytes needed, %d free", ErrNoSpace, dir, n, free)
+		}
+	}
+	return nil
+}
+
+func (d *Device) ioWithProgress() []oci.IOOption {
+	if d.c.Progress == nil {
+		return d.c.IO
+	}
+	return append(append([]oci.IOOption{}, d.c.IO...), oci.WithIOProgress(d.c.Progress))
+}
+
+// writeGeneration makes generation n: manifest, config, signed statement
+// and a root link, written under a temporary name, synced, then renamed.
+func (d *Device) writeGeneration(n int, img v1.Image, envelope []byte) error {
+	manifest, err := img.RawManifest()
+	if err != nil {
+		return err
+	}
+	config, err := img.RawConfigFile()
+	if err != nil {
+		return err
+	}
+	cfg, err := bundle.ParseConfig(config)
+	if err != nil {
+		return err
+	}
+	tmp := d.path("generations", ".new-"+strconv.Itoa(n))
+	fsutil.RemoveAll(tmp)
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"manifest.json": manifest, "config.json": config, "release.json": envelope} {
+		if err := fsutil.AtomicWrite(filepath.Join(tmp, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := os.Symlink(filepath.Join(d.c.Store, filepath.Base(cfg.Root)), filepath.Join(tmp, "root")); err != nil {
+		return err
+	}
+	if err := d.syncDir(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, d.genDir(n)); err != nil {
+		return err
+	}
+	return d.syncDir(d.path("generations"))
+}
+
+// activate runs the activation command for generation n.
+func (d *Device) activate(n int) error { return d.run(d.c.Activate, n) }
+
+func (d *Device) healthCheck(n int) error { return d.run(d.c.Health, n) }
+
+func (d *Device) run(argv []string, n int) error {
+	if len(argv) == 0 {
+		return nil
+	}
+	g, err := d.loadGeneration(n)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.c.HealthTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "OTTER_GENERATION="+strconv.Itoa(n), "OTTER_ROOT="+filepath.Join(d.c.Store, filepath.Base(g.Root)),
+		"OTTER_STORE="+d.c.Store, "OTTER_RELEASE_VERSION="+strconv.FormatUint(g.Release.Version, 10))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = time.Second
+	err = cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("%s did not finish within %v", argv[0], d.c.HealthTimeout)
+	}
+	if err != nil {
+		msg := strings.TrimSpace(out.String())
+		if len(msg) > 500 {
+			msg = msg[len(msg)-500:]
+		}
+		return fmt.Errorf("%s: %v: %s", argv[0], err, msg)
+	}
+	return nil
+}
+
+// localImage reads layers from finished downloads.
+type localImage struct {
+	v1.Image
+	dir string
+}
+
+func (l *localImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	p := filepath.Join(l.dir, h.Hex+".layer")
+	fi, err := os.Stat(p)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s was not downloaded: %w", h, err)
+	}
+	return partial.CompressedToLayer(&fileLayer{path: p, digest: h, size: fi.Size()})
+}
+
+type fileLayer struct {
+	path   string
+	digest v1.Hash
+	size   int64
+}
+
+func (f *fileLayer) Digest() (v1.Hash, error)            { return f.digest, nil }
+func (f *fileLayer) Size() (int64, error)                { return f.size, nil }
+func (f *fileLayer) MediaType() (types.MediaType, error) { return bundle.LayerMediaType, nil }
+func (f *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(f.path) }
+
+
