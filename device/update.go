@@ -483,5 +483,3 @@ func (f *fileLayer) Digest() (v1.Hash, error)            { return f.digest, nil 
 func (f *fileLayer) Size() (int64, error)                { return f.size, nil }
 func (f *fileLayer) MediaType() (types.MediaType, error) { return bundle.LayerMediaType, nil }
 func (f *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(f.path) }
-
-
