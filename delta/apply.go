@@ -572,3 +572,34 @@ func (a *applier) readSegments() ([]segment, error) {
 	}
 	return segs, nil
 }
+
+// Target is what a patch says it builds: the target bundle's manifest and
+// config, checked against the header's target digest.
+type Target struct {
+	Manifest, RawConfig []byte
+	Config              *bundle.Config
+}
+
+// ReadTarget reads the target a patch file builds, without applying it:
+// a device sizes the update and records the new release from it.
+func ReadTarget(patchPath string) (*Target, error) {
+	f, err := os.Open(patchPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h, off, err := ParseHeader(bufio.NewReader(io.LimitReader(f, preambleLength+MaxHeaderSize)))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := decodeAll(io.NewSectionReader(f, off, h.Streams[sTarget].Size), h.Streams[sTarget].RawSize)
+	if err != nil {
+		return nil, fmt.Errorf("target stream: %w", err)
+	}
+	cfg, err := targetConfig(h, raw)
+	if err != nil {
+		return nil, err
+	}
+	manifest, config, _ := parseTarget(raw)
+	return &Target{Manifest: manifest, RawConfig: config, Config: cfg}, nil
+}

@@ -2,15 +2,19 @@ package device
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -21,6 +25,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 )
@@ -59,7 +64,11 @@ type UpdateResult struct {
 // Update installs the release ref names, or leaves the device on its
 // current release with the reason in the returned error and last.json.
 func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*UpdateResult, error) {
-	img, cfg, err := oci.Open(ctx, ref, d.c.IO...)
+	var img v1.Image
+	err := d.retry(ctx, func() (err error) {
+		img, err = oci.OpenManifest(ctx, ref, d.c.IO...)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -89,8 +98,20 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if why, bad := failed[digest.String()]; bad && !o.Retry {
 		return nil, fmt.Errorf("%w (%s); --retry installs it anyway", ErrKnownBad, why)
 	}
+	// fail ends an update before the switch: the device is untouched but
+	// for downloads (kept for the next try) and store paths no generation
+	// names yet (gc collects them).
+	j := &journal{Target: digest.String(), From: from}
 	fail := func(err error) (*UpdateResult, error) {
+		if j.To > 0 {
+			if derr := d.dropGeneration(j.To); derr != nil {
+				return nil, errors.Join(err, derr)
+			}
+		}
 		d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()})
+		if rerr := d.removeState("journal.json"); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
 		return nil, err
 	}
 
@@ -100,30 +121,41 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if installed != nil {
 		policy.Installed, policy.HasInstalled = installed.Release.Version, true
 	}
-	envelope, release, err := verifiedRelease(ctx, ref, digest, policy, d.c.IO)
+	var (
+		envelope []byte
+		release  *sign.Release
+	)
+	err = d.retry(ctx, func() (err error) {
+		envelope, release, err = verifiedRelease(ctx, ref, digest, policy, d.c.IO)
+		return err
+	})
 	if err != nil {
 		return fail(err)
 	}
 	res.Version = release.Version
 
-	j := &journal{Target: digest.String(), From: from}
 	if err := d.setPhase(j, phaseFetch); err != nil {
 		return nil, err
 	}
 	dl := d.path("downloads")
+	plan, err := d.planLayers(img)
+	if err != nil {
+		return fail(err)
+	}
 	var (
 		patchFile, patchDigest string
-		plan                   *layerPlan
+		target                 *delta.Target
 	)
 	if o.Method == "patch" && installed == nil {
 		return fail(fmt.Errorf("%w: nothing is installed", ErrNoPatch))
 	}
 	if installed != nil && o.Method != "layers" {
-		p, err := d.findPatch(ctx, ref, digest, installed.Digest, policy)
+		var p *v1.Descriptor
+		err := d.retry(ctx, func() (err error) {
+			p, err = d.findPatch(ctx, ref, digest, installed.Digest, policy)
+			return err
+		})
 		if err != nil {
-			return fail(err)
-		}
-		if plan, err = d.planLayers(img, cfg); err != nil {
 			return fail(err)
 		}
 		if p == nil && o.Method == "patch" {
@@ -131,7 +163,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		}
 		if p != nil && (o.Method == "patch" || o.Method == "" && p.Size < plan.bytes) {
 			res.Method, res.Download, patchDigest = "patch", p.Size, p.Digest.String()
-			if err := d.checkSpace(p.Size, plan.narBytes); err != nil {
+			if err := d.checkSpace(p.Size, 0); err != nil {
 				return fail(err)
 			}
 			patchFile = filepath.Join(dl, p.Digest.Hex+".patch")
@@ -142,16 +174,34 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			if err != nil {
 				return fail(fmt.Errorf("downloading the patch: %w", err))
 			}
-		}
-	}
-	if patchFile == "" {
-		if plan == nil {
-			if plan, err = d.planLayers(img, cfg); err != nil {
+			// The patch carries the target's config: no need to fetch it.
+			if target, err = delta.ReadTarget(patchFile); err != nil {
+				os.Remove(patchFile)
+				return fail(fmt.Errorf("the downloaded patch: %w", err))
+			}
+			if got := "sha256:" + sha256Hex(target.Manifest); got != digest.String() {
+				os.Remove(patchFile)
+				return fail(fmt.Errorf("%w: the patch builds %s, not %s", delta.ErrFormat, got, digest))
+			}
+			if err := d.checkSpace(0, d.missingNar(target.Config)); err != nil {
 				return fail(err)
 			}
 		}
+	}
+	var cfg *bundle.Config
+	if patchFile == "" {
+		err := d.retry(ctx, func() (err error) {
+			cfg, err = bundle.ReadConfig(img)
+			return err
+		})
+		if err != nil {
+			return fail(err)
+		}
+		if err := checkTitles(img, cfg); err != nil {
+			return fail(err)
+		}
 		res.Method, res.Download = "layers", plan.bytes
-		if err := d.checkSpace(plan.bytes, plan.narBytes); err != nil {
+		if err := d.checkSpace(plan.bytes, d.missingNar(cfg)); err != nil {
 			return fail(err)
 		}
 		for _, l := range plan.layers {
@@ -169,18 +219,26 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.setPhase(j, phaseApply); err != nil {
 		return nil, err
 	}
+	var manifest, config []byte
 	if patchFile != "" {
 		ar, err := delta.Apply(ctx, patchFile, d.c.Store, delta.ApplyOptions{Installed: installed.Digest, PatchDigest: patchDigest, NoFsync: d.c.NoFsync})
 		if err != nil {
 			return fail(fmt.Errorf("applying the patch: %w", err))
 		}
 		res.Built = ar.Built
+		manifest, config = target.Manifest, target.RawConfig
 	} else {
 		er, err := bundle.Extract(ctx, &localImage{Image: img, dir: dl}, cfg, d.c.Store, bundle.WithFsync(!d.c.NoFsync))
 		if err != nil {
 			return fail(fmt.Errorf("installing the layers: %w", err))
 		}
 		res.Built = er.Extracted
+		if manifest, err = img.RawManifest(); err == nil {
+			config, err = img.RawConfigFile()
+		}
+		if err != nil {
+			return fail(err)
+		}
 	}
 	crashPoint("applied")
 
@@ -197,7 +255,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.setPhase(j, phaseApply); err != nil {
 		return nil, err
 	}
-	if err := d.writeGeneration(to, img, envelope); err != nil {
+	if err := d.writeGeneration(to, manifest, config, envelope); err != nil {
 		return fail(err)
 	}
 	crashPoint("generation")
@@ -331,30 +389,58 @@ func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, bas
 const annotationPatchBase = "dev.otter.patch.base"
 
 type layerPlan struct {
-	layers   []v1.Descriptor
-	bytes    int64 // compressed, to download
-	narBytes int64 // unpacked, in the store
+	layers []v1.Descriptor
+	bytes  int64 // compressed, to download
 }
 
-// planLayers lists the layers of the store paths the store lacks.
-func (d *Device) planLayers(img v1.Image, cfg *bundle.Config) (*layerPlan, error) {
+// planLayers lists the layers of the store paths the store lacks, by the
+// store path each layer's title annotation names (bundle.md §4).
+func (d *Device) planLayers(img v1.Image) (*layerPlan, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, err
 	}
-	if len(m.Layers) != len(cfg.Paths) {
-		return nil, fmt.Errorf("%w: %d layers for %d store paths", bundle.ErrConfig, len(m.Layers), len(cfg.Paths))
-	}
 	p := &layerPlan{}
-	for i, sp := range cfg.Paths {
-		if _, err := os.Lstat(filepath.Join(d.c.Store, filepath.Base(sp.Path))); err == nil {
+	for _, l := range m.Layers {
+		name := l.Annotations[titleAnnotation]
+		if nix.ValidateStorePath(nix.StoreDir+"/"+name) != nil {
+			return nil, fmt.Errorf("%w: layer %s names no store path (%q)", bundle.ErrConfig, l.Digest, name)
+		}
+		if _, err := os.Lstat(filepath.Join(d.c.Store, name)); err == nil {
 			continue
 		}
-		p.layers = append(p.layers, m.Layers[i])
-		p.bytes += m.Layers[i].Size
-		p.narBytes += sp.NarSize
+		p.layers = append(p.layers, l)
+		p.bytes += l.Size
 	}
 	return p, nil
+}
+
+// checkTitles makes sure the layer titles the plan went by name the
+// config's store paths, which is what Extract installs.
+func checkTitles(img v1.Image, cfg *bundle.Config) error {
+	m, err := img.Manifest()
+	if err != nil {
+		return err
+	}
+	for i, l := range m.Layers {
+		if i >= len(cfg.Paths) || l.Annotations[titleAnnotation] != filepath.Base(cfg.Paths[i].Path) {
+			return fmt.Errorf("%w: layer %d is titled %q, the config says %s", bundle.ErrConfig, i, l.Annotations[titleAnnotation], cfg.Paths[min(i, len(cfg.Paths)-1)].Path)
+		}
+	}
+	return nil
+}
+
+const titleAnnotation = "org.opencontainers.image.title"
+
+// missingNar is the unpacked size of the closure's paths the store lacks.
+func (d *Device) missingNar(cfg *bundle.Config) int64 {
+	var n int64
+	for _, p := range cfg.Paths {
+		if _, err := os.Lstat(filepath.Join(d.c.Store, filepath.Base(p.Path))); err != nil {
+			n += p.NarSize
+		}
+	}
+	return n
 }
 
 // checkSpace refuses an update the file systems cannot hold: the download
@@ -388,15 +474,7 @@ func (d *Device) ioWithProgress() []oci.IOOption {
 
 // writeGeneration makes generation n: manifest, config, signed statement
 // and a root link, written under a temporary name, synced, then renamed.
-func (d *Device) writeGeneration(n int, img v1.Image, envelope []byte) error {
-	manifest, err := img.RawManifest()
-	if err != nil {
-		return err
-	}
-	config, err := img.RawConfigFile()
-	if err != nil {
-		return err
-	}
+func (d *Device) writeGeneration(n int, manifest, config, envelope []byte) error {
 	cfg, err := bundle.ParseConfig(config)
 	if err != nil {
 		return err
@@ -483,3 +561,32 @@ func (f *fileLayer) Digest() (v1.Hash, error)            { return f.digest, nil 
 func (f *fileLayer) Size() (int64, error)                { return f.size, nil }
 func (f *fileLayer) MediaType() (types.MediaType, error) { return bundle.LayerMediaType, nil }
 func (f *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(f.path) }
+
+// retry runs fn again while it fails the way a dropping link fails (a
+// connection reset or cut short), up to Stall times with a growing wait.
+func (d *Device) retry(ctx context.Context, fn func() error) error {
+	wait := 250 * time.Millisecond
+	for i := 0; ; i++ {
+		err := fn()
+		if err == nil || i >= d.c.Stall || !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+func transient(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}

@@ -156,6 +156,34 @@ func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *bundle.Con
 	return img, cfg, nil
 }
 
+// OpenManifest returns the bundle ref names having read only its manifest:
+// a device that updates by a patch gets the config from the patch and
+// saves the download. bundle.ReadConfig reads and checks the config.
+func OpenManifest(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	var img v1.Image
+	if ref.Remote != nil {
+		img, err = remote.Image(ref.Remote, o.remote(ctx)...)
+		err = classify(err)
+	} else {
+		img, err = openLayout(ref)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", ref, err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", ref, err)
+	}
+	if m.ArtifactType != bundle.ArtifactType || m.Config.MediaType != bundle.ConfigMediaType {
+		return nil, fmt.Errorf("opening %s: %w: artifactType %q, config %q", ref, bundle.ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	}
+	return img, nil
+}
+
 // Write stores img at ref and returns the manifest's descriptor. A
 // registry receives only the blobs it lacks; a layout gets blobs first and
 // its index.json last, each replaced atomically, so neither ever names an

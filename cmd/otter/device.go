@@ -22,6 +22,7 @@ func deviceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "activate", Usage: "shell command run after switching (OTTER_ROOT, OTTER_GENERATION set)"},
 		&cli.StringFlag{Name: "health-check", Usage: "shell command that must succeed after activation, else the update rolls back"},
 		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, Usage: "how long activation and the health check may take"},
+		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
 	)
 }
@@ -39,7 +40,7 @@ func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.
 	cfg := device.Config{
 		Store: c.String("store"), State: c.String("state"), System: c.String("system"), Channel: c.String("channel"),
 		Keep: c.Int("keep"), Activate: shell(c.String("activate")), Health: shell(c.String("health-check")),
-		HealthTimeout: c.Duration("health-timeout"), IO: ioOptions(c, nil), NoFsync: c.Bool("no-fsync"),
+		HealthTimeout: c.Duration("health-timeout"), IO: ioOptions(c, nil), NoFsync: c.Bool("no-fsync"), Stall: c.Int("retries"),
 	}
 	if needTrust {
 		path := c.String("trust")
