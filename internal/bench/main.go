@@ -26,18 +26,26 @@ import (
 type measurement struct {
 	wall   time.Duration
 	maxRSS int64 // bytes
+	out    []byte
 }
 
 func measure(name string, args ...string) (measurement, error) {
+	return measureEnv(nil, name, args...)
+}
+
+// measureEnv runs a command (env nil: this process's) and returns its wall
+// time, peak RSS and standard output.
+func measureEnv(env []string, name string, args ...string) (measurement, error) {
 	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	cmd.Env = env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		return measurement{}, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return measurement{wall: time.Since(start), maxRSS: ru.Maxrss * 1024}, nil
+	return measurement{wall: time.Since(start), maxRSS: ru.Maxrss * 1024, out: stdout.Bytes()}, nil
 }
 
 // repeat runs setup then the command, runs+1 times, dropping the first.
@@ -83,7 +91,7 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each command")
 	release := flag.String("release", "r1", "corpus release to bundle")
 	write := flag.String("write", "", "replace the generated sections of this markdown file")
-	only := flag.String("only", "", "run only this section: bundle, emulation, delta")
+	only := flag.String("only", "", "run only this section: delta or device")
 	flag.BoolVar(&withBsdiff, "bsdiff", true, "run bsdiff over the whole tar too (about a minute and 1 GB a pair)")
 	flag.Parse()
 	if err := run(*runs, *release, *write, *only); err != nil {
@@ -121,6 +129,17 @@ func run(runs int, release, write, only string) error {
 		return func() { exec.Command("rm", "-rf", p).Run() }
 	}
 
+	if only == "device" {
+		table, err := deviceBench(otter, work, corpus)
+		if err != nil {
+			return err
+		}
+		fmt.Print(table)
+		if write != "" {
+			return replaceSection(write, "device", table)
+		}
+		return nil
+	}
 	if only == "delta" {
 		table, err := deltaBench(otter, work, corpus, withBsdiff)
 		if err != nil {
@@ -178,12 +197,16 @@ func run(runs int, release, write, only string) error {
 		return err
 	}
 	fmt.Print("\n" + gobench)
-	deltaTable := ""
+	deltaTable, deviceTable := "", ""
 	if only == "" {
 		if deltaTable, err = deltaBench(otter, work, corpus, withBsdiff); err != nil {
 			return err
 		}
 		fmt.Print("\n" + deltaTable)
+		if deviceTable, err = deviceBench(otter, work, corpus); err != nil {
+			return err
+		}
+		fmt.Print("\n" + deviceTable)
 	}
 	if write != "" {
 		if err := replaceSection(write, "bundle", table); err != nil {
@@ -191,6 +214,9 @@ func run(runs int, release, write, only string) error {
 		}
 		if deltaTable != "" {
 			if err := replaceSection(write, "delta", deltaTable); err != nil {
+				return err
+			}
+			if err := replaceSection(write, "device", deviceTable); err != nil {
 				return err
 			}
 		}
