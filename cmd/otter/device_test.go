@@ -8,9 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
@@ -262,4 +266,95 @@ func TestDeviceBusy(t *testing.T) {
 	if code != exitBusy {
 		t.Fatalf("status while locked: exit %d", code)
 	}
+}
+
+// TestDeviceBadInput: a tampered download, a truncated one, no patch for
+// the installed release and a full disk each leave the device on its
+// release, working, with the reason in otter status.
+func TestDeviceBadInput(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "l")
+	base := "oci:" + dir
+	trust, digests, closures := fleet(t, base, 3)
+	onR2 := func(t *testing.T) deviceDirs {
+		d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+		otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":r2", "--no-fsync"}, d.args()...)...)
+		return d
+	}
+	stayed := func(t *testing.T, d deviceDirs, code, want int, reason string) {
+		t.Helper()
+		if code != want {
+			t.Fatalf("exit %d, want %d", code, want)
+		}
+		st := status(t, d)
+		if st.Current == nil || st.Current.Digest != digests[1] || st.Last == nil || st.Last.Result != "failed" || !strings.Contains(st.Last.Reason, reason) {
+			t.Fatalf("status %+v, last %+v; want on r2, failed with %q", st.Current, st.Last, reason)
+		}
+		testutil.VerifyStore(t, closures[1], d.store)
+		if _, err := os.Stat(filepath.Join(d.state, "journal.json")); !os.IsNotExist(err) {
+			t.Fatal("journal left behind")
+		}
+	}
+	// The r2 -> r3 patch blob, found through the published artifact.
+	ref, _ := oci.ParseRef(base+":r3", false)
+	h, _ := v1.NewHash(digests[2])
+	arts, err := oci.Referrers(context.Background(), ref, h, delta.ArtifactType)
+	if err != nil || len(arts) != 1 {
+		t.Fatalf("patch artifacts %v %v", arts, err)
+	}
+	m, err := oci.ArtifactManifest(context.Background(), ref, h, arts[0].Digest, delta.ArtifactType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := filepath.Join(dir, "blobs", "sha256", m.Layers[0].Digest.Hex)
+	good, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func() { os.Chmod(blob, 0o644); os.WriteFile(blob, good, 0o644) }
+
+	t.Run("tampered", func(t *testing.T) {
+		defer restore()
+		bad := append([]byte{}, good...)
+		bad[len(bad)/2] ^= 1
+		os.Chmod(blob, 0o644)
+		os.WriteFile(blob, bad, 0o644)
+		d := onR2(t)
+		code, _, _ := otter(t, append([]string{"update", base + ":r3", "--method", "patch"}, d.args()...)...)
+		stayed(t, d, code, exitIntegrity, "hashes to")
+	})
+	t.Run("truncated", func(t *testing.T) {
+		defer restore()
+		os.Chmod(blob, 0o644)
+		os.WriteFile(blob, good[:len(good)-100], 0o644)
+		d := onR2(t)
+		code, _, _ := otter(t, append([]string{"update", base + ":r3", "--method", "patch", "--retries", "1"}, d.args()...)...)
+		stayed(t, d, code, exitError, "downloading the patch")
+	})
+	t.Run("no patch from the installed release", func(t *testing.T) {
+		d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+		otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":r1", "--no-fsync"}, d.args()...)...)
+		code, _, _ := otter(t, append([]string{"update", base + ":r3", "--method", "patch"}, d.args()...)...)
+		if code != exitPatchBase {
+			t.Fatalf("exit %d", code)
+		}
+		if st := status(t, d); st.Current.Digest != digests[0] || !strings.Contains(st.Last.Reason, "no signed patch") {
+			t.Fatalf("status %+v", st.Last)
+		}
+	})
+	t.Run("full disk", func(t *testing.T) {
+		testutil.Require(t, os.Geteuid() == 0, "root, to mount a small tmpfs")
+		d := onR2(t)
+		// The store moves onto a file system with no room for release 3.
+		small := t.TempDir()
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", small).CombinedOutput(); err != nil {
+			t.Fatalf("mount: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", small).Run() })
+		if out, err := exec.Command("cp", "-a", d.store+"/.", small).CombinedOutput(); err != nil {
+			t.Skipf("release 2 does not fit the tmpfs: %s", out)
+		}
+		d.store = small
+		code, _, _ := otter(t, append([]string{"update", base + ":r3"}, d.args()...)...)
+		stayed(t, d, code, exitNoSpace, "not enough free space")
+	})
 }

@@ -91,7 +91,7 @@ func exitCode(err error) int {
 		return exitNotSigned
 	case errors.Is(err, sign.ErrKey), errors.Is(err, sign.ErrPassphrase), errors.Is(err, sign.ErrTrust):
 		return exitInvalid
-	case errors.Is(err, delta.ErrBaseMismatch):
+	case errors.Is(err, delta.ErrBaseMismatch), errors.Is(err, device.ErrNoPatch):
 		return exitPatchBase
 	case errors.Is(err, delta.ErrTruncated), errors.Is(err, delta.ErrCorrupt), errors.Is(err, delta.ErrPatchDigest),
 		errors.Is(err, delta.ErrTargetMismatch), errors.Is(err, delta.ErrFormat), errors.Is(err, delta.ErrTooLarge):
