@@ -495,7 +495,7 @@ func (d *cmDecoder) decode(pred, diff []byte, np int64) error {
 		m.push(v)
 	}
 	if d.ac.over {
-		return fmt.Errorf("%w: the diff stream ends early", ErrTruncated)
+		return fmt.Errorf("%w: the diff stream's coding runs past its end", ErrCorrupt)
 	}
 	return nil
 }
@@ -507,9 +507,9 @@ func (d *cmDecoder) finish(size int64) error {
 	case d.left != 0:
 		return fmt.Errorf("%w: %d bytes of the diff stream unused", ErrFormat, d.left)
 	case d.ac.over:
-		return fmt.Errorf("%w: the diff stream ends early", ErrTruncated)
+		return fmt.Errorf("%w: the diff stream's coding runs past its end", ErrCorrupt)
 	case d.ac.read != size:
-		return fmt.Errorf("%w: the diff stream is %d bytes, its coding ends after %d", ErrFormat, size, d.ac.read)
+		return fmt.Errorf("%w: the diff stream is %d bytes, its coding ends after %d", ErrCorrupt, size, d.ac.read)
 	}
 	return nil
 }

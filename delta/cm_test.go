@@ -106,8 +106,8 @@ func TestCMRefusals(t *testing.T) {
 		raw   int64
 		want  error
 	}{
-		{"truncated", coded[:len(coded)/2], raw, ErrTruncated},
-		{"trailing bytes", append(append([]byte{}, coded...), 0, 0), raw, ErrFormat},
+		{"cut short", coded[:len(coded)/2], raw, ErrCorrupt},
+		{"trailing bytes", append(append([]byte{}, coded...), 0, 0), raw, ErrCorrupt},
 		{"more declared than used", coded, raw + 1, ErrFormat},
 		{"less declared than needed", coded, raw - 1, ErrFormat},
 	} {
@@ -132,7 +132,7 @@ func FuzzCMDecode(f *testing.F) {
 		c := diffChunk{np: int64(len(coded)), pred: bytes.Repeat(pred, int(n)/len(pred)+1)[:n], diff: make([]byte, n)}
 		d := newCMDecoder(bytes.NewReader(coded), int64(n))
 		if err := d.decode(c.pred, c.diff, c.np); err != nil {
-			if !errors.Is(err, ErrTruncated) {
+			if !errors.Is(err, ErrCorrupt) {
 				t.Fatal(err)
 			}
 			return
