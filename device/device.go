@@ -259,3 +259,32 @@ func (d *Device) record(o Outcome) error {
 
 // SetProgress sets the download progress callback.
 func (d *Device) SetProgress(p bundle.Progress) { d.c.Progress = p }
+
+// Provision writes a device state holding one release as generation 1,
+// current: what an SD-card image carries. storeOnDevice is where the
+// device will see the store (the generation's root link points there);
+// envelope is the release's signed statement.
+func Provision(state, storeOnDevice string, manifest, config, envelope []byte) error {
+	for _, dir := range []string{state, filepath.Join(state, "generations"), filepath.Join(state, "downloads")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	cfg, err := bundle.ParseConfig(config)
+	if err != nil {
+		return err
+	}
+	// The bundle's own time, so the same bundle gives the same state.
+	created, err := cfg.CreatedTime()
+	if err != nil {
+		return err
+	}
+	d := &Device{c: Config{State: state, Store: storeOnDevice, NoFsync: true, Now: func() time.Time { return created }}}
+	if err := d.writeGeneration(1, manifest, config, envelope); err != nil {
+		return err
+	}
+	if err := d.switchTo(1); err != nil {
+		return err
+	}
+	return d.record(Outcome{Action: "provision", From: 0, To: 1, Result: "ok"})
+}

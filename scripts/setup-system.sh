@@ -19,6 +19,7 @@ packages=(
   qemu-user-static  # aarch64 emulation
   patchelf          # the release corpus generator
   zstd xz-utils xdelta3 bsdiff  # benchmark baselines
+  fdisk dosfstools mtools e2fsprogs fakeroot bmap-tools  # SD-card images without root
   ca-certificates git python3
 )
 

@@ -13,6 +13,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/device"
+	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
@@ -112,6 +113,10 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
+	case errors.Is(err, image.ErrUnknownBoard):
+		return exitUsage
+	case errors.Is(err, image.ErrTooSmall), errors.Is(err, image.ErrBootFiles):
+		return exitInvalid
 	case errors.Is(err, device.ErrHealthCheck), errors.Is(err, device.ErrActivation):
 		return exitRolledBack
 	case errors.Is(err, device.ErrKnownBad):

@@ -80,6 +80,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			rollbackCommand(),
 			gcCommand(),
 			recoverCommand(),
+			imageCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

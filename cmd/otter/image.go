@@ -1,0 +1,127 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/image"
+	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/sign"
+)
+
+// parseSize reads 4G, 3800M, 512K or a byte count.
+func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size (like 4G, 3800M)", s)
+	}
+	return n * mult, nil
+}
+
+func imageCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "image",
+		Usage:     "write a flashable SD-card image of a signed release, without root",
+		ArgsUsage: "REF",
+		Description: `Writes OUT (raw, sparse), OUT.zst and OUT.bmap (for bmaptool copy). The image
+holds a partition table, FAT32 boot partitions (A and B for the Raspberry Pi
+firmware's tryboot) with the boot files, config.txt and cmdline.txt naming
+the root partition by PARTUUID, an ext4 root with the closure in /nix/store
+and otter's device state at generation 1 with the release's signed statement
+and the trust file, and an ext4 data partition that updates never touch
+(docs/image.md). The same bundle and options give the same bytes.`,
+		Flags: append(registryFlags(),
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Required: true, Usage: "the image file to write"},
+			&cli.StringFlag{Name: "board", Value: "rpi4", Usage: "rpi4, rpi5 or generic"},
+			&cli.StringFlag{Name: "boot-files", Required: true, Usage: "firmware, kernel and device trees: a directory, or a path inside the closure (/nix/store/…)"},
+			&cli.StringFlag{Name: "trust", Required: true, Usage: "the trust file: verifies the release and is installed on the device"},
+			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the channel the devices follow"},
+			&cli.StringFlag{Name: "size", Usage: "image size (4G, 3800M); default: the least that holds it"},
+			&cli.StringFlag{Name: "boot-size", Value: "256M", Usage: "size of each boot partition"},
+			&cli.StringFlag{Name: "data-size", Value: "256M", Usage: "size of the data partition"},
+		),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("image takes one bundle reference, got %d arguments", c.NArg())
+			}
+			var sizes [3]int64
+			for i, f := range []string{"size", "boot-size", "data-size"} {
+				n, err := parseSize(c.String(f))
+				if err != nil {
+					return usageErrorf("--%s: %v", f, err)
+				}
+				sizes[i] = n
+			}
+			u := newUI(c)
+			ref, img, cfg, err := openArg(c, c.Args().First())
+			if err != nil {
+				return err
+			}
+			trustBytes, err := os.ReadFile(c.String("trust"))
+			if err != nil {
+				return fmt.Errorf("reading the trust file: %w", err)
+			}
+			trust, err := loadTrust(c.String("trust"))
+			if err != nil {
+				return err
+			}
+			d, err := img.Digest()
+			if err != nil {
+				return err
+			}
+			envs, err := oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...)
+			if err != nil {
+				return err
+			}
+			policy := sign.Policy{Trust: trust, Now: time.Now(), Digest: d.String(), System: cfg.System, Channel: c.String("channel")}
+			var envelope []byte
+			verr := error(sign.ErrNotSigned)
+			for _, e := range envs {
+				if _, err := sign.VerifyRelease(e, policy); err == nil {
+					envelope = e
+					break
+				} else {
+					verr = err
+				}
+			}
+			if envelope == nil {
+				return fmt.Errorf("%s: a device image needs a signed release: %w", ref, verr)
+			}
+			res, err := image.Build(c.Context, img, cfg, c.String("out"), image.Options{
+				Board: c.String("board"), BootFiles: c.String("boot-files"), Size: sizes[0], BootSize: sizes[1], DataSize: sizes[2],
+				Envelope: envelope, Trust: trustBytes,
+				Progress: func(step string) { u.info("%s", step) },
+			})
+			if err != nil {
+				return err
+			}
+			return u.result(res, func(w io.Writer) {
+				fmt.Fprintf(w, "%s: %s (%s of data), %s compressed\n  digest %s\n", res.Image, humanBytes(res.Size), humanBytes(res.Mapped), humanBytes(res.ZstdSize), res.Digest)
+				for _, p := range res.Partitions {
+					fmt.Fprintf(w, "  %d %-7s %-5s %9s  PARTUUID %s\n", p.Number, p.Name, p.Type, humanBytes(p.Size), p.UUID)
+				}
+			})
+		},
+	}
+}
