@@ -541,7 +541,9 @@ func mkext4(file string, offset, size int64, label string, uuid [16]byte, tree s
 	return runEnv([]string{"E2FSPROGS_FAKE_TIME=1"}, nil, "debugfs", "-w", "-f", cmdFile, file)
 }
 
-func run(stdin io.Reader, name string, args ...string) error { return runEnv(nil, stdin, name, args...) }
+func run(stdin io.Reader, name string, args ...string) error {
+	return runEnv(nil, stdin, name, args...)
+}
 
 func runEnv(env []string, stdin io.Reader, name string, args ...string) error {
 	cmd := exec.Command(name, args...)
