@@ -170,7 +170,7 @@ func extractOne(ctx context.Context, img v1.Image, desc v1.Descriptor, diffID v1
 			return "", err
 		}
 	}
-	if err := os.Rename(staged, final); err != nil {
+	if err := fsutil.RenameStorePath(staged, final); err != nil {
 		return "", err
 	}
 	if o.fsync {

@@ -230,7 +230,7 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 			res.Present = append(res.Present, nix.StoreDir+"/"+p.Target)
 			continue
 		}
-		if err := os.Rename(filepath.Join(staging, p.Target), final); err != nil {
+		if err := fsutil.RenameStorePath(filepath.Join(staging, p.Target), final); err != nil {
 			return nil, err
 		}
 		res.Built = append(res.Built, nix.StoreDir+"/"+p.Target)

@@ -545,8 +545,25 @@ func run(stdin io.Reader, name string, args ...string) error {
 	return runEnv(nil, stdin, name, args...)
 }
 
+// tool finds a program in PATH, else in the sbin directories an
+// unprivileged user's PATH often lacks (mkfs.ext4, sfdisk, debugfs).
+func tool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && fi.Mode()&0o111 != 0 {
+			return filepath.Join(dir, name)
+		}
+	}
+	return name
+}
+
 func runEnv(env []string, stdin io.Reader, name string, args ...string) error {
-	cmd := exec.Command(name, args...)
+	if name == "fakeroot" && len(args) > 0 {
+		args[0] = tool(args[0])
+	}
+	cmd := exec.Command(tool(name), args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin = stdin
 	out, err := cmd.CombinedOutput()

@@ -221,3 +221,90 @@ func TestImageBadInput(t *testing.T) {
 		t.Fatalf("unwritable output: exit %d, %s", code, stderr)
 	}
 }
+
+// TestImageGenericAndClosureBootFiles: a generic board gets GPT with an
+// EFI system partition; boot files named inside the closure are looked
+// for there, and one outside it is refused.
+func TestImageGenericAndClosureBootFiles(t *testing.T) {
+	needTools(t, "sfdisk", "mkfs.fat", "mcopy", "mkfs.ext4", "debugfs")
+	base := "oci:" + filepath.Join(t.TempDir(), "l")
+	trust, _, closures := fleet(t, base, 1)
+	efi := t.TempDir()
+	os.MkdirAll(filepath.Join(efi, "EFI", "BOOT"), 0o755)
+	os.WriteFile(filepath.Join(efi, "EFI", "BOOT", "BOOTAA64.EFI"), []byte("efi"), 0o644)
+	out := filepath.Join(t.TempDir(), "generic.img")
+	var res image.Result
+	otterJSON(t, &res, "image", base+":r1", "--out", out, "--board", "generic", "--boot-files", efi, "--trust", trust, "--size", "700M")
+	var table struct {
+		PartitionTable struct {
+			Label      string
+			Partitions []struct {
+				Type, UUID, Name string
+				Size             int64
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(sh(t, "sfdisk", "--json", out)), &table); err != nil {
+		t.Fatal(err)
+	}
+	pt := table.PartitionTable
+	if pt.Label != "gpt" || len(pt.Partitions) != 3 || pt.Partitions[0].Type != "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" ||
+		!strings.EqualFold(pt.Partitions[1].UUID, res.Partitions[1].UUID) || res.Size != 700<<20 {
+		t.Fatalf("generic layout %+v, result %+v", pt, res)
+	}
+	if got := sh(t, "mtype", "-i", fmt.Sprintf("%s@@%d", out, res.Partitions[0].Start), "::EFI/BOOT/BOOTAA64.EFI"); got != "efi" {
+		t.Errorf("ESP holds %q", got)
+	}
+
+	// The demo closure holds no firmware: the error names what is missing
+	// where it looked.
+	inClosure := closures[0].Paths[0].Path
+	code, _, stderr := otter(t, "image", base+":r1", "--out", out+"2", "--boot-files", inClosure, "--trust", trust)
+	if code != exitInvalid || !strings.Contains(stderr, "start4.elf") {
+		t.Fatalf("boot files in the closure: exit %d, %s", code, stderr)
+	}
+	code, _, stderr = otter(t, "image", base+":r1", "--out", out+"2", "--boot-files", "/nix/store/00000000000000000000000000000000-firmware", "--trust", trust)
+	if code != exitInvalid || !strings.Contains(stderr, "not in the closure") {
+		t.Fatalf("boot files outside the closure: exit %d, %s", code, stderr)
+	}
+}
+
+// TestImageWithoutRoot builds the image as nobody (fakeroot for
+// ownership, no loop devices) and gets the same bytes as root does.
+func TestImageWithoutRoot(t *testing.T) {
+	needTools(t, "sfdisk", "mkfs.fat", "mcopy", "mkfs.ext4", "debugfs", "fakeroot", "setpriv")
+	testutil.Require(t, os.Geteuid() == 0, "root, to drop to nobody")
+	bin := otterBinary(t)
+	shared, err := os.MkdirTemp("", "otter-image-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	os.Chmod(shared, 0o777)
+	base := "oci:" + filepath.Join(shared, "l")
+	trust, _, _ := fleet(t, base, 1)
+	boot := bootFiles(t)
+	for _, p := range []string{filepath.Join(shared, "l"), boot, filepath.Dir(trust)} {
+		exec.Command("chmod", "-R", "a+rX", p).Run()
+	}
+	exec.Command("chmod", "a+x", filepath.Dir(filepath.Dir(trust)), filepath.Dir(boot)).Run()
+	var asRoot image.Result
+	otterJSON(t, &asRoot, "image", base+":r1", "--out", filepath.Join(t.TempDir(), "root.img"), "--boot-files", boot, "--trust", trust)
+	outDir := filepath.Join(shared, "out")
+	os.Mkdir(outDir, 0o777)
+	os.Chmod(outDir, 0o777)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		bin, "image", base+":r1", "--out", filepath.Join(outDir, "nobody.img"), "--boot-files", boot, "--trust", trust, "--json")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + shared, "TMPDIR=" + shared} // no sbin, as for most users
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("as nobody: %v\n%s", err, out)
+	}
+	var asNobody image.Result
+	if err := json.Unmarshal(out, &asNobody); err != nil {
+		t.Fatal(err)
+	}
+	if asNobody.Digest != asRoot.Digest {
+		t.Fatalf("as nobody %s, as root %s", asNobody.Digest, asRoot.Digest)
+	}
+}

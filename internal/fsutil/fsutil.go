@@ -4,6 +4,7 @@
 package fsutil
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -117,4 +118,31 @@ func SyncFS(dir string) error {
 	}
 	defer f.Close()
 	return unix.Syncfs(int(f.Fd()))
+}
+
+// RenameStorePath renames a finished store path into place. Moving a
+// directory to another parent rewrites its ".." entry, which needs write
+// permission on it that a read-only (0555) store directory denies to
+// anyone but root: the directory is made writable for the move and
+// read-only again after.
+func RenameStorePath(src, dst string) error {
+	err := os.Rename(src, dst)
+	if err == nil || !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	fi, serr := os.Lstat(src)
+	if serr != nil || !fi.IsDir() {
+		return err
+	}
+	if err := os.Chmod(src, fi.Mode().Perm()|0o200); err != nil {
+		return err
+	}
+	if err := os.Rename(src, dst); err != nil {
+		os.Chmod(src, fi.Mode().Perm())
+		return err
+	}
+	if err := os.Chmod(dst, fi.Mode().Perm()); err != nil {
+		return err
+	}
+	return StoreTime(dst)
 }
