@@ -91,7 +91,7 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each command")
 	release := flag.String("release", "r1", "corpus release to bundle")
 	write := flag.String("write", "", "replace the generated sections of this markdown file")
-	only := flag.String("only", "", "run only this section: delta or device")
+	only := flag.String("only", "", "run only this section: delta, device or image")
 	flag.BoolVar(&withBsdiff, "bsdiff", true, "run bsdiff over the whole tar too (about a minute and 1 GB a pair)")
 	flag.Parse()
 	if err := run(*runs, *release, *write, *only); err != nil {
@@ -129,6 +129,17 @@ func run(runs int, release, write, only string) error {
 		return func() { exec.Command("rm", "-rf", p).Run() }
 	}
 
+	if only == "image" {
+		table, err := imageBench(runs, otter, work, corpus, release)
+		if err != nil {
+			return err
+		}
+		fmt.Print(table)
+		if write != "" {
+			return replaceSection(write, "image", table)
+		}
+		return nil
+	}
 	if only == "device" {
 		table, err := deviceBench(otter, work, corpus)
 		if err != nil {
@@ -197,7 +208,7 @@ func run(runs int, release, write, only string) error {
 		return err
 	}
 	fmt.Print("\n" + gobench)
-	deltaTable, deviceTable := "", ""
+	deltaTable, deviceTable, imageTable := "", "", ""
 	if only == "" {
 		if deltaTable, err = deltaBench(otter, work, corpus, withBsdiff); err != nil {
 			return err
@@ -207,6 +218,10 @@ func run(runs int, release, write, only string) error {
 			return err
 		}
 		fmt.Print("\n" + deviceTable)
+		if imageTable, err = imageBench(runs, otter, work, corpus, release); err != nil {
+			return err
+		}
+		fmt.Print("\n" + imageTable)
 	}
 	if write != "" {
 		if err := replaceSection(write, "bundle", table); err != nil {
@@ -217,6 +232,9 @@ func run(runs int, release, write, only string) error {
 				return err
 			}
 			if err := replaceSection(write, "device", deviceTable); err != nil {
+				return err
+			}
+			if err := replaceSection(write, "image", imageTable); err != nil {
 				return err
 			}
 		}
