@@ -20,6 +20,10 @@ const (
 	MediaType     = "application/vnd.otter.patch.v1"
 	// ArtifactType is the artifactType of a patch published to a registry.
 	ArtifactType = "application/vnd.otter.patch.v1"
+	// AnnotationBase and AnnotationTarget, on a published patch artifact,
+	// name the bundles it takes a device from and to.
+	AnnotationBase   = "dev.otter.patch.base"
+	AnnotationTarget = "dev.otter.patch.target"
 	// LayerMediaType is the media type of the patch file as an OCI blob.
 	LayerMediaType = "application/vnd.otter.patch.v1"
 

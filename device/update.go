@@ -355,7 +355,7 @@ func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, bas
 	}
 	var stmts [][]byte
 	for _, desc := range descs {
-		if b, ok := desc.Annotations[annotationPatchBase]; ok && b != base {
+		if b, ok := desc.Annotations[delta.AnnotationBase]; ok && b != base {
 			continue
 		}
 		m, err := oci.ArtifactManifest(ctx, ref, target, desc.Digest, delta.ArtifactType, d.c.IO...)
@@ -365,7 +365,7 @@ func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, bas
 		if err != nil {
 			return nil, err
 		}
-		if m.Annotations[annotationPatchBase] != base {
+		if m.Annotations[delta.AnnotationBase] != base {
 			continue
 		}
 		if stmts == nil {
@@ -384,9 +384,6 @@ func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, bas
 	}
 	return nil, nil
 }
-
-// annotationPatchBase names a patch artifact's base bundle (cmd/otter).
-const annotationPatchBase = "dev.otter.patch.base"
 
 type layerPlan struct {
 	layers []v1.Descriptor

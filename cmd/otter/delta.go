@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,19 +12,13 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
-)
-
-// Annotations of a published patch artifact.
-const (
-	annotationPatchBase   = "dev.otter.patch.base"
-	annotationPatchTarget = "dev.otter.patch.target"
 )
 
 // patchResult is one patch of otter delta's --json output.
@@ -173,41 +166,12 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	if c.Bool("no-publish") {
 		return pr, nil
 	}
-	art, err := oci.NewArtifact(delta.ArtifactType, patch, types.MediaType(delta.LayerMediaType), toDesc,
-		map[string]string{annotationPatchBase: baseDigest.String(), annotationPatchTarget: toDesc.Digest.String()})
-	if err != nil {
-		return nil, err
-	}
-	ad, err := oci.AttachArtifact(c.Context, toRef, toDesc, art, ioOptions(c, nil)...)
+	signer := pipelines.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
+	ad, stmt, err := signer.PublishPatch(c.Context, toRef, toDesc, baseDigest, patch, pr.Digest, c.String("channel"), to.Config.Version, to.Config.System)
 	if err != nil {
 		return nil, err
 	}
 	pr.Artifact = ad.Digest.String()
-	if len(keys) == 0 {
-		return pr, nil
-	}
-	keyid, _ := sign.KeyID(keys[0].Public())
-	h, _, err := delta.ParseHeader(bytes.NewReader(patch))
-	if err != nil {
-		return nil, err
-	}
-	stmt := &sign.Patch{
-		Base: baseDigest.String(), Target: toDesc.Digest.String(), Patch: pr.Digest,
-		BaseSize: h.BaseSize, TargetSize: h.TargetSize, PatchSize: int64(len(patch)),
-		Version: to.Config.Version, Channel: c.String("channel"), System: to.Config.System,
-		Created: sign.FormatTime(now), Expires: sign.FormatTime(expires), KeyID: keyid,
-	}
-	payload, err := stmt.Marshal()
-	if err != nil {
-		return nil, usageErrorf("%v", err)
-	}
-	envBytes, err := seal(sign.PatchType, payload, keys)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := oci.Attach(c.Context, toRef, toDesc, sign.PatchType, envBytes, ioOptions(c, nil)...); err != nil {
-		return nil, err
-	}
 	pr.Statement = stmt
 	return pr, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -116,15 +117,6 @@ func loadKeys(u *ui, specs []string) ([]crypto.Signer, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
-}
-
-// seal signs a statement with every key into a canonical DSSE envelope.
-func seal(payloadType string, payload []byte, keys []crypto.Signer) ([]byte, error) {
-	env, err := sign.Seal(payloadType, payload, keys...)
-	if err != nil {
-		return nil, err
-	}
-	return env.Marshal()
 }
 
 // keygenResult is the --json output of otter keygen.
@@ -264,16 +256,16 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			if c.IsSet("release-version") {
 				version = c.Uint64("release-version")
 			}
-			keyid, _ := sign.KeyID(keys[0].Public())
-			st := &sign.Release{
-				Digest: desc.Digest.String(), Version: version, Channel: c.String("channel"), System: cfg.System,
-				Root: cfg.Root, Created: sign.FormatTime(now), Expires: sign.FormatTime(expires), KeyID: keyid,
+			signer := pipelines.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
+			st, err := signer.Statement(desc, cfg, version, c.String("channel"))
+			if err != nil {
+				return usageErrorf("%v", err)
 			}
 			payload, err := st.Marshal()
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
-			envBytes, err := seal(sign.ReleaseType, payload, keys)
+			envBytes, err := signer.Seal(sign.ReleaseType, payload)
 			if err != nil {
 				return err
 			}
@@ -288,18 +280,11 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 				}
 				res.Envelope = f
 			}
-			att, err := oci.Attach(c.Context, ref, desc, sign.ReleaseType, envBytes, ioOptions(c, nil)...)
+			att, n, err := signer.AttachRelease(c.Context, ref, desc, st, envBytes, !c.Bool("no-cosign"))
 			if err != nil {
 				return err
 			}
-			res.Attached = att.Digest
-			if !c.Bool("no-cosign") {
-				n, err := attachCosign(c, ref, desc.Digest, st, keys)
-				if err != nil {
-					return err
-				}
-				res.Cosign = n > 0
-			}
+			res.Attached, res.Cosign = att.Digest, n > 0
 			return u.result(res, func(w io.Writer) {
 				fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n  statement %s, %d signature(s)",
 					res.Reference, st.Version, st.Channel, st.System, st.Expires, res.Attached, len(res.Signers))
@@ -310,29 +295,6 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			})
 		},
 	}
-}
-
-// attachCosign writes a cosign signature with each ECDSA key.
-func attachCosign(c *cli.Context, ref oci.Ref, digest v1.Hash, st *sign.Release, keys []crypto.Signer) (int, error) {
-	payload, err := sign.CosignPayload(ref.Repository(), digest.String(), sign.CosignOptional(st))
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, k := range keys {
-		if alg, _ := sign.AlgorithmOf(k.Public()); alg != sign.ECDSAP256 {
-			continue
-		}
-		sig, err := sign.SignCosign(k, payload)
-		if err != nil {
-			return n, err
-		}
-		if err := oci.AttachCosign(c.Context, ref, digest, sign.CosignSignature{Payload: payload, Signature: sig}, ioOptions(c, nil)...); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
 }
 
 // verifyResult is the --json output of otter verify.
@@ -567,7 +529,7 @@ accept it with otter trust update only if enough of both signed.`,
 					if err != nil {
 						return err
 					}
-					data, err := seal(sign.TrustType, payload, keys)
+					data, err := pipelines.Signer{Keys: keys}.Seal(sign.TrustType, payload)
 					if err != nil {
 						return err
 					}
