@@ -104,6 +104,16 @@ func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 	}
 }
 
+// RemoteOptions are go-containerregistry's options for these IOOptions:
+// transport, credentials, retries.
+func RemoteOptions(ctx context.Context, opts ...IOOption) []remote.Option {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		o, _ = makeIOOptions(nil)
+	}
+	return o.remote(ctx)
+}
+
 func defaultTransport(insecure bool) http.RoundTripper {
 	t := remote.DefaultTransport.(*http.Transport).Clone()
 	if insecure {

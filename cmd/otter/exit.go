@@ -16,6 +16,7 @@ import (
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -113,6 +114,10 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
+	case errors.Is(err, pipelines.ErrReleaseFile):
+		return exitUsage
+	case errors.Is(err, pipelines.ErrTagTaken):
+		return exitInvalid
 	case errors.Is(err, image.ErrUnknownBoard):
 		return exitUsage
 	case errors.Is(err, image.ErrTooSmall), errors.Is(err, image.ErrBootFiles):

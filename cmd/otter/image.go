@@ -4,40 +4,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
 )
-
-// parseSize reads 4G, 3800M, 512K or a byte count.
-func parseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size (like 4G, 3800M)", s)
-	}
-	return n * mult, nil
-}
 
 func imageCommand() *cli.Command {
 	return &cli.Command{
@@ -67,7 +42,7 @@ and the trust file, and an ext4 data partition that updates never touch
 			}
 			var sizes [3]int64
 			for i, f := range []string{"size", "boot-size", "data-size"} {
-				n, err := parseSize(c.String(f))
+				n, err := pipelines.ParseSize(c.String(f))
 				if err != nil {
 					return usageErrorf("--%s: %v", f, err)
 				}

@@ -81,6 +81,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			gcCommand(),
 			recoverCommand(),
 			imageCommand(),
+			releaseCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

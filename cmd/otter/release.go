@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/pipelines"
+)
+
+func releaseCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "release",
+		Usage: "run the release pipeline a release file describes: build, bundle, sign, push, patch, image",
+		Description: `Reads otter.yaml (docs/pipeline.md). For each target: build it (or take the
+store tree), bundle it, push it as <registry>/<name>:v<release>, attach a signed
+release statement for each channel, make a signed patch from each of the last
+patches.from releases in the registry that the same key signed (saying why an
+earlier release was passed over), write the SD-card image if asked, and last
+move the channel tags. Rerunning after a failure skips what is already there
+and correct; a release tag that names another bundle is refused.`,
+		Flags: append(registryFlags(),
+			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Value: "otter.yaml", Usage: "the release file"},
+		),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usageErrorf("release takes no arguments (the release file says what to do), got %d", c.NArg())
+			}
+			u := newUI(c)
+			rf, err := pipelines.LoadReleaseFile(c.String("file"))
+			if err != nil {
+				return err
+			}
+			keys, err := loadKeys(u, []string{rf.Signing.Key})
+			if err != nil {
+				return fmt.Errorf("%s: signing.key: %w", rf.Path(), err)
+			}
+			now := time.Now()
+			expires, err := parseExpiry(rf.Signing.Expires, now)
+			if err != nil {
+				return fmt.Errorf("%s: signing.expires: %w", rf.Path(), err)
+			}
+			created, err := sourceDateEpoch()
+			if err != nil {
+				return err
+			}
+			r := &pipelines.Runner{
+				File: rf, Keys: keys, Now: now, Expires: expires, Created: created,
+				IO:  append(ioOptions(c, nil), oci.WithInsecure(rf.Insecure || c.Bool("insecure"))),
+				Log: func(format string, a ...any) { u.info(format, a...) },
+			}
+			res, err := r.Run(c.Context)
+			if err != nil {
+				return err
+			}
+			return u.result(res, func(w io.Writer) { printRelease(w, res) })
+		},
+	}
+}
+
+func printRelease(w io.Writer, res *pipelines.Result) {
+	fmt.Fprintf(w, "release %d\n", res.Release)
+	fmt.Fprintf(w, "%-12s %-10s %12s %12s %8s  %s\n", "target", "from", "download", "full bundle", "saving", "")
+	for _, t := range res.Targets {
+		fmt.Fprintf(w, "%-12s %-10s %12s %12s %8s  %s\n", t.Name, "(none)", humanBytes(t.Full), humanBytes(t.Full), "", t.Digest)
+		for _, p := range t.Patches {
+			note := ""
+			switch {
+			case p.Skipped:
+				note = "no patch: " + p.Reason
+			case p.Existing:
+				note = "already published"
+			}
+			fmt.Fprintf(w, "%-12s %-10s %12s %12s %7.1f%%  %s\n", "", p.From, humanBytes(p.Size), humanBytes(t.Full), 100*(1-p.Share), note)
+		}
+		for _, s := range t.Skipped {
+			fmt.Fprintf(w, "%-12s %-10s %12s %12s %8s  no patch: %s\n", "", s.Tag, "-", "", "", s.Reason)
+		}
+		state := "pushed"
+		if !t.Pushed {
+			state = "already in the registry"
+		}
+		fmt.Fprintf(w, "  %s %s; signed for %v; channels moved: %v\n", t.Reference, state, t.Signed, t.Channels)
+		if t.Image != nil {
+			fmt.Fprintf(w, "  image %s (%s, %s compressed)\n", t.Image.Image, humanBytes(t.Image.Size), humanBytes(t.Image.ZstdSize))
+		}
+	}
+}
