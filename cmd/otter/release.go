@@ -24,10 +24,19 @@ move the channel tags. Rerunning after a failure skips what is already there
 and correct; a release tag that names another bundle is refused.`,
 		Flags: append(registryFlags(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Value: "otter.yaml", Usage: "the release file"},
+			&cli.StringFlag{Name: "template", Usage: "print a ready CI file instead: github (GitHub Actions) or gitlab (GitLab CI)"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usageErrorf("release takes no arguments (the release file says what to do), got %d", c.NArg())
+			}
+			if ci := c.String("template"); ci != "" {
+				data, err := pipelines.Template(ci)
+				if err != nil {
+					return usageErrorf("--template: %v", err)
+				}
+				_, err = c.App.Writer.Write(data)
+				return err
 			}
 			u := newUI(c)
 			rf, err := pipelines.LoadReleaseFile(c.String("file"))

@@ -133,6 +133,16 @@ func TestReleaseRefusals(t *testing.T) {
 	if code != exitInvalid || !strings.Contains(stderr, "names another bundle") {
 		t.Fatalf("tag taken: exit %d, %s", code, stderr)
 	}
+	var in inspectResult
+	otterJSON(t, &in, "inspect", registry+"/system:stable", "--insecure")
+	if in.Digest.String() != tr.Digest {
+		t.Fatalf("the refused release moved stable to %s", in.Digest)
+	}
+	// A registry that is down.
+	code, _, stderr = otter(t, "release", "-f", releaseFile(t, dir, "127.0.0.1:1/fleet", key, "r1", 1, ""))
+	if code == 0 || !strings.Contains(stderr, "127.0.0.1:1") {
+		t.Fatalf("registry down: exit %d, %s", code, stderr)
+	}
 	code, _, stderr = otter(t, "release", "-f", releaseFile(t, dir, registry, "env://OTTER_NO_SUCH_KEY", "r1", 4, ""))
 	if code == 0 || !strings.Contains(stderr, "signing.key") {
 		t.Fatalf("missing key: exit %d, %s", code, stderr)
