@@ -178,14 +178,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// CheckManifest makes sure a manifest is an otter bundle's.
+func CheckManifest(m *v1.Manifest) error {
+	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
+		return fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	}
+	return nil
+}
+
 // ReadConfig checks that img is an otter bundle and returns its config.
 func ReadConfig(img v1.Image) (*Config, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, err
 	}
-	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
-		return nil, fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	if err := CheckManifest(m); err != nil {
+		return nil, err
 	}
 	if m.Config.Size > MaxConfigSize {
 		return nil, fmt.Errorf("%w: config of %d bytes", ErrConfig, m.Config.Size)

@@ -104,16 +104,6 @@ func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 	}
 }
 
-// RemoteOptions are go-containerregistry's options for these IOOptions:
-// transport, credentials, retries.
-func RemoteOptions(ctx context.Context, opts ...IOOption) []remote.Option {
-	o, err := makeIOOptions(opts)
-	if err != nil {
-		o, _ = makeIOOptions(nil)
-	}
-	return o.remote(ctx)
-}
-
 func defaultTransport(insecure bool) http.RoundTripper {
 	t := remote.DefaultTransport.(*http.Transport).Clone()
 	if insecure {
@@ -145,19 +135,9 @@ func classify(err error) error {
 // Open returns the bundle ref names. It checks that it is an otter bundle
 // with a valid config, but reads no layer.
 func Open(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, *bundle.Config, error) {
-	o, err := makeIOOptions(opts)
+	img, err := OpenManifest(ctx, ref, opts...)
 	if err != nil {
 		return nil, nil, err
-	}
-	var img v1.Image
-	if ref.Remote != nil {
-		img, err = remote.Image(ref.Remote, o.remote(ctx)...)
-		err = classify(err)
-	} else {
-		img, err = openLayout(ref)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening %s: %w", ref, err)
 	}
 	cfg, err := bundle.ReadConfig(img)
 	if err != nil {
@@ -185,13 +165,64 @@ func OpenManifest(ctx context.Context, ref Ref, opts ...IOOption) (v1.Image, err
 		return nil, fmt.Errorf("opening %s: %w", ref, err)
 	}
 	m, err := img.Manifest()
+	if err == nil {
+		err = bundle.CheckManifest(m)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", ref, err)
 	}
-	if m.ArtifactType != bundle.ArtifactType || m.Config.MediaType != bundle.ConfigMediaType {
-		return nil, fmt.Errorf("opening %s: %w: artifactType %q, config %q", ref, bundle.ErrNotBundle, m.ArtifactType, m.Config.MediaType)
-	}
 	return img, nil
+}
+
+// Head returns the descriptor a registry tag names, nil when the tag does
+// not exist.
+func Head(ctx context.Context, ref Ref, opts ...IOOption) (*v1.Descriptor, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if ref.Remote == nil {
+		return nil, fmt.Errorf("%w: %s is not in a registry", ErrRef, ref)
+	}
+	d, err := remote.Head(ref.Remote, o.remote(ctx)...)
+	if err = classify(err); errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", ref, err)
+	}
+	return d, nil
+}
+
+// Tag points tag, in ref's repository, at img.
+func Tag(ctx context.Context, ref Ref, tag string, img v1.Image, opts ...IOOption) error {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return err
+	}
+	if ref.Remote == nil {
+		return fmt.Errorf("%w: %s is not in a registry", ErrRef, ref)
+	}
+	if err := remote.Tag(ref.Remote.Context().Tag(tag), img, o.remote(ctx)...); err != nil {
+		return fmt.Errorf("tagging %s:%s: %w", ref.Remote.Context(), tag, classify(err))
+	}
+	return nil
+}
+
+// ListTags lists the tags of ref's repository.
+func ListTags(ctx context.Context, ref Ref, opts ...IOOption) ([]string, error) {
+	o, err := makeIOOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if ref.Remote == nil {
+		return nil, fmt.Errorf("%w: %s is not in a registry", ErrRef, ref)
+	}
+	tags, err := remote.List(ref.Remote.Context(), o.remote(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", ref.Remote.Context(), classify(err))
+	}
+	return tags, nil
 }
 
 // Write stores img at ref and returns the manifest's descriptor. A

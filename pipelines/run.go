@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,10 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
@@ -156,7 +152,7 @@ func (r *Runner) target(ctx context.Context, t Target, trust *sign.Trust) (*Targ
 	}
 
 	// Push, unless the tag already holds this very bundle.
-	if existing, err := r.head(ctx, ref); err != nil {
+	if existing, err := oci.Head(ctx, ref, r.IO...); err != nil {
 		return nil, err
 	} else if existing != nil && existing.Digest != desc.Digest {
 		return nil, fmt.Errorf("%w: %s is %s, this build is %s", ErrTagTaken, ref, existing.Digest, desc.Digest)
@@ -239,43 +235,19 @@ func (r *Runner) target(ctx context.Context, t Target, trust *sign.Trust) (*Targ
 	// Last: the channels, so a device following one never sees a release
 	// without its statement and patches.
 	for _, c := range rf.Channels {
-		cref, err := name.NewTag(repo+":"+c, r.nameOpts()...)
+		cref, err := oci.ParseRef(repo+":"+c, rf.Insecure)
 		if err != nil {
 			return nil, err
 		}
-		if cur, err := r.head(ctx, oci.Ref{Remote: cref}); err == nil && cur != nil && cur.Digest == desc.Digest {
+		if cur, err := oci.Head(ctx, cref, r.IO...); err == nil && cur != nil && cur.Digest == desc.Digest {
 			continue
 		}
-		if err := remote.Tag(cref, b, r.remoteOpts(ctx)...); err != nil {
+		if err := oci.Tag(ctx, ref, c, b, r.IO...); err != nil {
 			return nil, fmt.Errorf("moving channel %s: %w", c, err)
 		}
 		tr.Channels = append(tr.Channels, c)
 	}
 	return tr, nil
-}
-
-func (r *Runner) nameOpts() []name.Option {
-	if r.File.Insecure {
-		return []name.Option{name.Insecure}
-	}
-	return nil
-}
-
-func (r *Runner) remoteOpts(ctx context.Context) []remote.Option {
-	return oci.RemoteOptions(ctx, r.IO...)
-}
-
-// head returns the descriptor a tag names, nil when there is none.
-func (r *Runner) head(ctx context.Context, ref oci.Ref) (*v1.Descriptor, error) {
-	d, err := remote.Head(ref.Remote, r.remoteOpts(ctx)...)
-	var terr *transport.Error
-	if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", ref, err)
-	}
-	return d, nil
 }
 
 func (r *Runner) closure(ctx context.Context, t Target) (*nix.Closure, string, error) {
@@ -316,9 +288,9 @@ func (r *Runner) closure(ctx context.Context, t Target) (*nix.Closure, string, e
 // releases that verify against our keys.
 func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Descriptor, b *bundle.Bundle, trust *sign.Trust, signer Signer, tr *TargetResult) error {
 	rf := r.File
-	tags, err := remote.List(ref.Remote.Context(), r.remoteOpts(ctx)...)
+	tags, err := oci.ListTags(ctx, ref, r.IO...)
 	if err != nil {
-		return fmt.Errorf("listing %s: %w", ref.Remote.Context(), err)
+		return err
 	}
 	var versions []uint64
 	for _, tag := range tags {
