@@ -126,7 +126,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		release  *sign.Release
 	)
 	err = d.retry(ctx, func() (err error) {
-		envelope, release, err = verifiedRelease(ctx, ref, digest, policy, d.c.IO)
+		envelope, release, err = oci.VerifiedRelease(ctx, ref, digest, policy, d.c.IO...)
 		return err
 	})
 	if err != nil {
@@ -281,12 +281,10 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if res.Collected, err = d.gc(); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{patchFile} {
-		if name != "" {
-			os.Remove(name)
-		}
-	}
-	if plan != nil && patchFile == "" {
+	// The downloads served their purpose.
+	if patchFile != "" {
+		os.Remove(patchFile)
+	} else {
 		for _, l := range plan.layers {
 			os.Remove(filepath.Join(dl, l.Digest.Hex+".layer"))
 		}
@@ -323,27 +321,6 @@ func (d *Device) rollBackFailed(j *journal, failed map[string]string, cause erro
 		return nil, err
 	}
 	return nil, cause
-}
-
-func verifiedRelease(ctx context.Context, ref oci.Ref, digest v1.Hash, p sign.Policy, io []oci.IOOption) ([]byte, *sign.Release, error) {
-	envs, err := oci.Attached(ctx, ref, digest, sign.ReleaseType, io...)
-	if err != nil {
-		return nil, nil, err
-	}
-	var first error
-	for _, e := range envs {
-		r, err := sign.VerifyRelease(e, p)
-		if err == nil {
-			return e, r, nil
-		}
-		if first == nil {
-			first = err
-		}
-	}
-	if first == nil {
-		first = sign.ErrNotSigned
-	}
-	return nil, nil, fmt.Errorf("release %s: %w", digest, first)
 }
 
 // findPatch returns the blob of a signed patch from base to target, if

@@ -160,6 +160,27 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 	return out, nil
 }
 
+// VerifiedRelease returns the first release statement attached to the
+// bundle digest that passes the policy, with its envelope; else the first
+// refusal (sign.ErrNotSigned when there is no statement at all).
+func VerifiedRelease(ctx context.Context, ref Ref, digest v1.Hash, p sign.Policy, opts ...IOOption) ([]byte, *sign.Release, error) {
+	envs, err := Attached(ctx, ref, digest, sign.ReleaseType, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	first := sign.ErrNotSigned
+	for i, e := range envs {
+		r, err := sign.VerifyRelease(e, p)
+		if err == nil {
+			return e, r, nil
+		}
+		if i == 0 {
+			first = err
+		}
+	}
+	return nil, nil, fmt.Errorf("release %s: %w", digest, first)
+}
+
 var errNotOurs = errors.New("oci: not an artifact of that kind for this subject")
 
 // Referrers lists the artifacts of artifactType whose subject is subject,

@@ -65,23 +65,10 @@ and the trust file, and an ext4 data partition that updates never touch
 			if err != nil {
 				return err
 			}
-			envs, err := oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...)
-			if err != nil {
-				return err
-			}
 			policy := sign.Policy{Trust: trust, Now: time.Now(), Digest: d.String(), System: cfg.System, Channel: c.String("channel")}
-			var envelope []byte
-			verr := error(sign.ErrNotSigned)
-			for _, e := range envs {
-				if _, err := sign.VerifyRelease(e, policy); err == nil {
-					envelope = e
-					break
-				} else {
-					verr = err
-				}
-			}
-			if envelope == nil {
-				return fmt.Errorf("%s: a device image needs a signed release: %w", ref, verr)
+			envelope, _, err := oci.VerifiedRelease(c.Context, ref, d, policy, ioOptions(c, nil)...)
+			if err != nil {
+				return fmt.Errorf("%s: a device image needs a signed release: %w", ref, err)
 			}
 			res, err := image.Build(c.Context, img, cfg, c.String("out"), image.Options{
 				Board: c.String("board"), BootFiles: c.String("boot-files"), Size: sizes[0], BootSize: sizes[1], DataSize: sizes[2],
