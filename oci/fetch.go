@@ -87,6 +87,10 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		}
 		var n int64
 		n, err = fetchFrom(ctx, open, f, have, d.Size, o.progress, res)
+		if errors.Is(err, errRestart) {
+			have = 0 // the file was emptied; start over at once
+			continue
+		}
 		have += n
 		if err == nil {
 			continue
@@ -97,10 +101,6 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		}
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) {
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, err)
-		}
-		if errors.Is(err, errRestart) {
-			have = 0
-			continue
 		}
 		if n > 0 {
 			failures, wait = 0, 0
@@ -158,7 +158,7 @@ func fetchFrom(ctx context.Context, open opener, f *os.File, have, size int64, p
 		if err := truncate(f, 0); err != nil {
 			return 0, err
 		}
-		return -have, errRestart
+		return 0, errRestart
 	}
 	buf := make([]byte, 64<<10)
 	var n, unsynced int64
