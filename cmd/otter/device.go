@@ -63,6 +63,20 @@ func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.
 	return d, rec, nil
 }
 
+// withDevice opens the device state (recovering first), runs fn and
+// releases the lock.
+func withDevice(needTrust bool, fn func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		u := newUI(c)
+		d, rec, err := openDevice(c, u, needTrust)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return fn(c, u, d, rec)
+	}
+}
+
 func updateCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "update",
@@ -132,13 +146,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show the installed release, the generations and how the last update ended",
 		Flags: deviceFlags(),
-		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			d, rec, err := openDevice(c, u, false)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error {
 			st, err := d.Status()
 			if err != nil {
 				return err
@@ -162,7 +170,7 @@ func statusCommand() *cli.Command {
 					fmt.Fprintln(w)
 				}
 			})
-		},
+		}),
 	}
 }
 
@@ -171,13 +179,7 @@ func rollbackCommand() *cli.Command {
 		Name:  "rollback",
 		Usage: "switch back to the previous generation and activate it",
 		Flags: deviceFlags(),
-		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			d, _, err := openDevice(c, u, false)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, _ *device.Recovery) error {
 			o, err := d.Rollback()
 			if err != nil {
 				return err
@@ -185,7 +187,7 @@ func rollbackCommand() *cli.Command {
 			return u.result(o, func(w io.Writer) {
 				fmt.Fprintf(w, "rolled back: generation %d -> %d (%s): %s %s\n", o.From, o.To, o.Target, o.Result, o.Reason)
 			})
-		},
+		}),
 	}
 }
 
@@ -194,13 +196,7 @@ func gcCommand() *cli.Command {
 		Name:  "gc",
 		Usage: "remove old generations beyond --keep and store paths no generation uses",
 		Flags: deviceFlags(),
-		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			d, _, err := openDevice(c, u, false)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, _ *device.Recovery) error {
 			collected, err := d.GC()
 			if err != nil {
 				return err
@@ -208,7 +204,7 @@ func gcCommand() *cli.Command {
 			return u.result(map[string]any{"collected": collected}, func(w io.Writer) {
 				fmt.Fprintf(w, "collected %d store paths\n", len(collected))
 			})
-		},
+		}),
 	}
 }
 
@@ -217,18 +213,12 @@ func recoverCommand() *cli.Command {
 		Name:  "recover",
 		Usage: "finish or undo an interrupted update (every device command does this first)",
 		Flags: deviceFlags(),
-		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			d, rec, err := openDevice(c, u, false)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
+		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error {
 			return u.result(map[string]any{"recovered": rec}, func(w io.Writer) {
 				if rec == nil {
 					fmt.Fprintln(w, "nothing to recover")
 				}
 			})
-		},
+		}),
 	}
 }
