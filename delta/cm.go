@@ -408,7 +408,11 @@ type cmEncoder struct {
 	raw int64
 }
 
-func newCMEncoder() *cmEncoder { return &cmEncoder{m: newCMModel(), ac: acEncoder{x2: 0xffffffff}} }
+func newCMEncoder() *cmEncoder { return newCMEncoderBits(cmZeroBits, cmValueBits) }
+
+func newCMEncoderBits(zbits, vbits uint) *cmEncoder {
+	return &cmEncoder{m: newCMModelBits(zbits, vbits), ac: acEncoder{x2: 0xffffffff}}
+}
 
 // encode codes the diff bytes of one piece of an add stretch.
 func (e *cmEncoder) encode(c diffChunk) {
@@ -449,7 +453,7 @@ func cmSize(chunks []diffChunk) int {
 	for bits < cmZeroBits && int64(1)<<bits < raw {
 		bits++
 	}
-	e := &cmEncoder{m: newCMModelBits(bits, bits), ac: acEncoder{x2: 0xffffffff}}
+	e := newCMEncoderBits(bits, bits)
 	for _, c := range chunks {
 		e.encode(c)
 	}
