@@ -11,16 +11,58 @@ import (
 
 type pair struct{ From, To, Kind string }
 
+// readPairs reads the corpus's release pairs.
+func readPairs(corpus string) ([]pair, error) {
+	data, err := os.ReadFile(filepath.Join(corpus, "pairs.json"))
+	if err != nil {
+		return nil, err
+	}
+	var pairs []pair
+	return pairs, json.Unmarshal(data, &pairs)
+}
+
+// otterRun runs otter with OTTER_PASSWORD set for the bench's keys and
+// returns its standard output.
+func otterRun(otter string, args ...string) ([]byte, error) {
+	cmd := exec.Command(otter, args...)
+	cmd.Env = benchEnv()
+	out, err := cmd.Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return nil, fmt.Errorf("otter %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
+	}
+	return out, err
+}
+
+// bundleRelease bundles corpus release r into the OCI reference ref.
+func bundleRelease(otter, corpus, r, ref string) error {
+	dir := filepath.Join(corpus, r)
+	root, err := os.ReadFile(filepath.Join(dir, "root"))
+	if err != nil {
+		return err
+	}
+	_, err = otterRun(otter, "bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), strings.TrimSpace(string(root)), "--out", ref)
+	return err
+}
+
+func benchEnv() []string { return append(os.Environ(), "OTTER_PASSWORD=bench") }
+
+// benchKeys makes a signing key and a trust file for it in dir.
+func benchKeys(otter, dir string) (key, trust string, err error) {
+	os.MkdirAll(dir, 0o755)
+	key, trust = filepath.Join(dir, "k.key"), filepath.Join(dir, "trust.json")
+	if _, err := otterRun(otter, "keygen", "-q", "--prefix", filepath.Join(dir, "k")); err != nil {
+		return "", "", err
+	}
+	_, err = otterRun(otter, "trust", "init", "-q", "--key", filepath.Join(dir, "k.pub"), "--out", trust)
+	return key, trust, err
+}
+
 // deltaBench measures otter's patch for every corpus pair against the
 // general-purpose tools, each run here in the same pass: the bytes a device
 // downloads, otter's build and apply time, and apply's peak memory.
 func deltaBench(otter, work, corpus string, withBsdiff bool) (string, error) {
-	data, err := os.ReadFile(filepath.Join(corpus, "pairs.json"))
+	pairs, err := readPairs(corpus)
 	if err != nil {
-		return "", err
-	}
-	var pairs []pair
-	if err := json.Unmarshal(data, &pairs); err != nil {
 		return "", err
 	}
 	// Bundles and closure tars, once per release.
@@ -32,11 +74,7 @@ func deltaBench(otter, work, corpus string, withBsdiff bool) (string, error) {
 				continue
 			}
 			dir := filepath.Join(corpus, r)
-			root, err := os.ReadFile(filepath.Join(dir, "root"))
-			if err != nil {
-				return "", err
-			}
-			if _, err := measure(otter, "bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), strings.TrimSpace(string(root)), "--out", "oci:"+layout+":"+r); err != nil {
+			if err := bundleRelease(otter, corpus, r, "oci:"+layout+":"+r); err != nil {
 				return "", err
 			}
 			tars[r] = filepath.Join(work, r+".tar")

@@ -15,56 +15,31 @@ import (
 // flash the update uses (the download, kept until the switch, plus the
 // new store paths; staging is renamed into place, not copied).
 func deviceBench(otter, work, corpus string) (string, error) {
-	data, err := os.ReadFile(filepath.Join(corpus, "pairs.json"))
+	pairs, err := readPairs(corpus)
 	if err != nil {
 		return "", err
 	}
-	var pairs []pair
-	if err := json.Unmarshal(data, &pairs); err != nil {
-		return "", err
-	}
 	layout := "oci:" + filepath.Join(work, "device-releases")
-	keyDir := filepath.Join(work, "keys")
-	os.MkdirAll(keyDir, 0o755)
-	env := append(os.Environ(), "OTTER_PASSWORD=bench")
-	run := func(args ...string) ([]byte, error) {
-		cmd := exec.Command(otter, args...)
-		cmd.Env = env
-		out, err := cmd.Output()
-		if err != nil {
-			if ee, ok := err.(*exec.ExitError); ok {
-				return nil, fmt.Errorf("otter %s: %v\n%s", strings.Join(args, " "), err, ee.Stderr)
-			}
-		}
-		return out, err
-	}
-	if _, err := run("keygen", "-q", "--prefix", filepath.Join(keyDir, "k")); err != nil {
+	key, trust, err := benchKeys(otter, filepath.Join(work, "keys"))
+	if err != nil {
 		return "", err
 	}
-	trust := filepath.Join(keyDir, "trust.json")
-	if _, err := run("trust", "init", "-q", "--key", filepath.Join(keyDir, "k.pub"), "--out", trust); err != nil {
-		return "", err
-	}
+	run := func(args ...string) ([]byte, error) { return otterRun(otter, args...) }
 	done := map[string]bool{}
 	for _, p := range pairs {
 		for _, r := range []string{p.From, p.To} {
 			if done[r] {
 				continue
 			}
-			dir := filepath.Join(corpus, r)
-			root, err := os.ReadFile(filepath.Join(dir, "root"))
-			if err != nil {
+			if err := bundleRelease(otter, corpus, r, layout+":"+r); err != nil {
 				return "", err
 			}
-			if _, err := run("bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), strings.TrimSpace(string(root)), "--out", layout+":"+r); err != nil {
-				return "", err
-			}
-			if _, err := run("sign", "-q", layout+":"+r, "--key", filepath.Join(keyDir, "k.key"), "--no-cosign"); err != nil {
+			if _, err := run("sign", "-q", layout+":"+r, "--key", key, "--no-cosign"); err != nil {
 				return "", err
 			}
 			done[r] = true
 		}
-		if _, err := run("delta", "-q", "--from", layout+":"+p.From, layout+":"+p.To, "--key", filepath.Join(keyDir, "k.key"), "--max-share", "1"); err != nil {
+		if _, err := run("delta", "-q", "--from", layout+":"+p.From, layout+":"+p.To, "--key", key, "--max-share", "1"); err != nil {
 			return "", err
 		}
 	}
@@ -78,7 +53,7 @@ func deviceBench(otter, work, corpus string) (string, error) {
 			return "", err
 		}
 		before := dirSize(store)
-		m, err := measureEnv(env, otter, append([]string{"update", "-q", "--json", layout + ":" + p.To, "--method", "patch"}, dev...)...)
+		m, err := measureEnv(benchEnv(), otter, append([]string{"update", "-q", "--json", layout + ":" + p.To, "--method", "patch"}, dev...)...)
 		if err != nil {
 			return "", err
 		}

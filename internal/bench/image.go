@@ -13,44 +13,29 @@ import (
 // OCI layout, stand-in Raspberry Pi 4 boot files) and reports build time,
 // peak RSS and the image's bytes beside the closure's.
 func imageBench(runs int, otter, work, corpus, release string) (string, error) {
-	env := append(os.Environ(), "OTTER_PASSWORD=bench")
-	run := func(args ...string) error {
-		cmd := exec.Command(otter, args...)
-		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("otter %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
 	dir := filepath.Join(corpus, release)
-	root, err := os.ReadFile(filepath.Join(dir, "root"))
+	layout := "oci:" + filepath.Join(work, "image-release") + ":" + release
+	key, trust, err := benchKeys(otter, filepath.Join(work, "image-keys"))
 	if err != nil {
 		return "", err
 	}
-	layout := "oci:" + filepath.Join(work, "image-release") + ":" + release
-	keys := filepath.Join(work, "image-keys")
-	os.MkdirAll(keys, 0o755)
 	boot := filepath.Join(work, "image-boot")
 	os.MkdirAll(boot, 0o755)
 	for _, f := range []string{"start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb", "kernel8.img"} {
 		os.WriteFile(filepath.Join(boot, f), []byte(f), 0o644)
 	}
-	for _, args := range [][]string{
-		{"keygen", "-q", "--prefix", filepath.Join(keys, "k")},
-		{"trust", "init", "-q", "--key", filepath.Join(keys, "k.pub"), "--out", filepath.Join(keys, "trust.json")},
-		{"bundle", "-q", "--store-dir", dir, "--path-info", filepath.Join(dir, "path-info.json"), strings.TrimSpace(string(root)), "--out", layout},
-		{"sign", "-q", layout, "--key", filepath.Join(keys, "k.key"), "--no-cosign"},
-	} {
-		if err := run(args...); err != nil {
-			return "", err
-		}
+	if err := bundleRelease(otter, corpus, release, layout); err != nil {
+		return "", err
+	}
+	if _, err := otterRun(otter, "sign", "-q", layout, "--key", key, "--no-cosign"); err != nil {
+		return "", err
 	}
 	out := filepath.Join(work, "sd.img")
-	args := []string{"image", "--json", layout, "--out", out, "--board", "rpi4", "--boot-files", boot, "--trust", filepath.Join(keys, "trust.json")}
+	args := []string{"image", "--json", layout, "--out", out, "--board", "rpi4", "--boot-files", boot, "--trust", trust}
 	var best measurement
 	for i := 0; i <= runs; i++ {
 		exec.Command("rm", "-f", out, out+".zst", out+".bmap").Run()
-		m, err := measureEnv(env, otter, args...)
+		m, err := measureEnv(benchEnv(), otter, args...)
 		if err != nil {
 			return "", err
 		}
