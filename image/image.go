@@ -293,8 +293,13 @@ func Build(ctx context.Context, img v1.Image, cfg *bundle.Config, out string, o 
 			if err := stageBoot(src, o.BootFiles, board, kernel, cmdline); err != nil {
 				return nil, err
 			}
-			os.Remove(filepath.Join(src, "autoboot.txt")) // read from the first FAT partition only
-			fixTimes(src, fatEpoch)
+			// autoboot.txt is read from the first FAT partition only.
+			if err := os.Remove(filepath.Join(src, "autoboot.txt")); err != nil {
+				return nil, err
+			}
+			if err := fixTimes(src, fatEpoch); err != nil {
+				return nil, err
+			}
 		}
 		if err := mcopy(raw, p.Start, src); err != nil {
 			return nil, err
