@@ -7,11 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
@@ -158,8 +161,18 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 		return nil, err
 	}
 	defer fsutil.RemoveAll(staging)
+	stage, err := fsutil.OpenDir(staging)
+	if err != nil {
+		return nil, err
+	}
+	defer stage.Close()
+	store, err := fsutil.OpenDir(storeDir)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
 
-	a := &applier{store: storeDir, rw: newRewriter(hashes)}
+	a := &applier{store: store, stage: stage, rw: newRewriter(hashes)}
 	decs := make([]*zstd.Decoder, len(h.Streams))
 	for _, i := range []int{sControl, sExtra, sLiteral} {
 		d, err := zstd.NewReader(sections[i], zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(streamWindow), zstd.WithDecoderMaxMemory(streamWindow))
@@ -182,13 +195,25 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 			return nil, err
 		}
 		dst := filepath.Join(staging, p.Target)
-		if err := a.buildPath(p, dst); err != nil {
+		info := closure.Lookup(nix.StoreDir + "/" + p.Target)
+		// What a path holds is bounded by its NAR size before any byte of
+		// it is written: the files the patch lists, then what is copied.
+		a.budget = info.NarSize
+		for _, e := range p.Entries {
+			a.budget -= e.Size
+		}
+		if a.budget < 0 {
+			return nil, fmt.Errorf("%w: %s lists more file bytes than its NAR size %d", ErrTooLarge, info.Path, info.NarSize)
+		}
+		if err := a.buildPath(p, p.Target); err != nil {
 			return nil, fmt.Errorf("building %s: %w", p.Target, err)
+		}
+		if _, err := os.Lstat(dst); err != nil {
+			return nil, fmt.Errorf("%w: the patch makes nothing of %s", ErrFormat, p.Target)
 		}
 		if err := fsutil.Canonicalize(dst); err != nil {
 			return nil, err
 		}
-		info := closure.Lookup(nix.StoreDir + "/" + p.Target)
 		got, n, err := nix.HashPath(dst)
 		if err != nil {
 			return nil, err
@@ -310,7 +335,8 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 }
 
 type applier struct {
-	store    string
+	store    *fsutil.Dir // the store, read beneath
+	stage    *fsutil.Dir // the staging directory, written beneath
 	rw       *rewriter
 	ctrl     *bufio.Reader
 	ctrlRaw  *boundedReader
@@ -319,10 +345,14 @@ type applier struct {
 	literal  *boundedReader
 	frames   *io.SectionReader
 	framePos int64
+	budget   int64 // bytes the path being built may still hold
 }
 
-// buildPath makes one new store path at dst.
-func (a *applier) buildPath(p pathOp, dst string) error {
+// buildPath makes one new store path, rel (its base name) in the staging
+// directory. Every node is created beneath the staging directory without
+// following a symlink at any depth, so an entry under a symlink the patch
+// made (or a base path holds) is refused, never written through.
+func (a *applier) buildPath(p pathOp, rel string) error {
 	listed := map[string]*entryOp{}
 	for i := range p.Entries {
 		e := &p.Entries[i]
@@ -332,7 +362,7 @@ func (a *applier) buildPath(p pathOp, dst string) error {
 		listed[e.Rel] = e
 	}
 	if p.Base != "" {
-		if err := a.copyBase(filepath.Join(a.store, p.Base), dst, listed); err != nil {
+		if err := a.copyBase(p.Base, rel, listed); err != nil {
 			return err
 		}
 	}
@@ -341,41 +371,46 @@ func (a *applier) buildPath(p pathOp, dst string) error {
 		if e.Op == opRemove {
 			continue
 		}
-		target := dst
+		target := rel
 		if e.Rel != "" {
-			target = filepath.Join(dst, filepath.FromSlash(e.Rel))
-			// The parent must be a directory inside dst, not a symlink.
-			parent := filepath.Dir(target)
-			if fi, err := os.Lstat(parent); err != nil || !fi.IsDir() {
-				return fmt.Errorf("%w: %q has no parent directory", ErrFormat, e.Rel)
-			}
+			target = rel + "/" + e.Rel
 		}
-		if _, err := os.Lstat(target); err == nil {
-			return fmt.Errorf("%w: %q exists already", ErrFormat, e.Rel)
-		}
+		var err error
 		switch e.Op {
 		case opDir:
-			if err := os.Mkdir(target, 0o755); err != nil {
-				return err
-			}
+			err = a.stage.Mkdir(target, 0o755)
 		case opSymlink:
-			if err := os.Symlink(e.Target, target); err != nil {
-				return err
-			}
+			err = a.stage.Symlink(e.Target, target)
 		case opFile:
-			if err := a.writeFile(e, target); err != nil {
-				return fmt.Errorf("%s: %w", e.Rel, err)
-			}
+			err = a.writeFile(e, target)
+		}
+		if err != nil {
+			return fmt.Errorf("%q: %w", e.Rel, placeErr(err))
 		}
 	}
 	return nil
 }
 
+// placeErr names why a node could not be made where the patch puts it:
+// through a symlink, over an existing node, or without a parent directory
+// are the patch's faults; anything else (a full disk) is the device's.
+func placeErr(err error) error {
+	switch {
+	case errors.Is(err, fsutil.ErrSymlink):
+		return fmt.Errorf("%w: %v", ErrFormat, err)
+	case errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("%w: exists already", ErrFormat)
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return fmt.Errorf("%w: no parent directory", ErrFormat)
+	}
+	return err
+}
+
 // copyBase copies the base path, hashes rewritten, leaving out every
 // listed entry and the subtree of a listed or removed directory.
-func (a *applier) copyBase(src, dst string, listed map[string]*entryOp) error {
+func (a *applier) copyBase(base, rel string, listed map[string]*entryOp) error {
 	var skip string // a listed subtree being skipped
-	return nix.Walk(src, func(h *nix.Header, open func() (*os.File, error)) error {
+	return nix.Walk(filepath.Join(a.store.Name(), base), func(h *nix.Header, _ func() (*os.File, error)) error {
 		if skip != "" && (h.Path == skip || strings.HasPrefix(h.Path, skip+"/")) {
 			return nil
 		}
@@ -386,60 +421,66 @@ func (a *applier) copyBase(src, dst string, listed map[string]*entryOp) error {
 			}
 			return nil
 		}
-		target := dst
+		target, src := rel, base
 		if h.Path != "" {
-			target = filepath.Join(dst, filepath.FromSlash(h.Path))
+			target, src = rel+"/"+h.Path, base+"/"+h.Path
 		}
+		var err error
 		switch h.Type {
 		case nix.TypeDirectory:
-			return os.Mkdir(target, 0o755)
+			err = a.stage.Mkdir(target, 0o755)
 		case nix.TypeSymlink:
-			return os.Symlink(a.rw.string(h.LinkTarget), target)
+			err = a.stage.Symlink(a.rw.string(h.LinkTarget), target)
+		default:
+			if a.budget -= h.Size; a.budget < 0 {
+				return fmt.Errorf("%w: the copied base files outgrow the path's NAR size", ErrTooLarge)
+			}
+			var data []byte
+			if data, err = a.readBase(src, h.Size); err != nil {
+				return err
+			}
+			mode := os.FileMode(0o644)
+			if h.Executable {
+				mode = 0o755
+			}
+			err = a.stage.WriteFile(target, a.rw.apply(data), mode)
 		}
-		data, err := readFile(open, h.Size)
 		if err != nil {
-			return err
+			return fmt.Errorf("%q: %w", h.Path, placeErr(err))
 		}
-		return writeBytes(target, a.rw.apply(data), h.Executable)
+		return nil
 	})
 }
 
-func readFile(open func() (*os.File, error), size int64) ([]byte, error) {
-	f, err := open()
+// readBase reads the regular file src ("<base name>/<rel>") of the store,
+// refusing a path that goes through a symlink: apply reads nothing
+// outside the store.
+func (a *applier) readBase(src string, size int64) ([]byte, error) {
+	f, err := a.store.Open(src)
+	if err != nil {
+		if errors.Is(err, fsutil.ErrSymlink) {
+			return nil, fmt.Errorf("%w: source %s: %v", ErrFormat, src, err)
+		}
+		return nil, fmt.Errorf("%w: source %s: %v", ErrBaseMismatch, src, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	data := make([]byte, size)
+	if size >= 0 && fi.Size() != size {
+		return nil, fmt.Errorf("%w: source %s changed while reading", ErrBaseMismatch, src)
+	}
+	data := make([]byte, fi.Size())
 	if _, err := io.ReadFull(f, data); err != nil {
 		return nil, err
 	}
 	return data, nil
 }
 
-func writeBytes(p string, data []byte, exec bool) error {
-	mode := os.FileMode(0o644)
-	if exec {
-		mode = 0o755
-	}
-	return os.WriteFile(p, data, mode)
-}
-
 // readSource reads an old file named by a source, hashes rewritten.
 func (a *applier) readSource(src string) ([]byte, error) {
-	b, rel, _ := strings.Cut(src, "/")
-	p := filepath.Join(a.store, b)
-	if rel != "" {
-		p = filepath.Join(p, filepath.FromSlash(rel))
-	}
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return nil, fmt.Errorf("%w: source %s: %v", ErrBaseMismatch, src, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: source %s is not a regular file", ErrBaseMismatch, src)
-	}
-	data, err := os.ReadFile(p)
+	data, err := a.readBase(src, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -452,13 +493,13 @@ func (a *applier) writeFile(e *entryOp, target string) error {
 	if e.Exec {
 		mode = 0o755
 	}
-	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	f, err := a.stage.Create(target, mode)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	sum := sha256.New()
-	cw := &countWriter{w: io.MultiWriter(f, sum)}
+	cw := &countWriter{w: io.MultiWriter(f, sum), max: e.Size}
 	bw := bufio.NewWriterSize(cw, 256<<10)
 	if err := a.produce(e, bw); err != nil {
 		return err
@@ -545,12 +586,18 @@ func (a *applier) produce(e *entryOp, w io.Writer) error {
 	return fmt.Errorf("%w: codec %d", ErrFormat, e.Codec)
 }
 
+// countWriter counts what it passes on, and refuses to pass on more than
+// max bytes: a file is never written past its declared size.
 type countWriter struct {
-	w io.Writer
-	n int64
+	w   io.Writer
+	n   int64
+	max int64
 }
 
 func (c *countWriter) Write(b []byte) (int, error) {
+	if int64(len(b)) > c.max-c.n {
+		return 0, fmt.Errorf("%w: more bytes than the %d the patch declares", ErrTargetMismatch, c.max)
+	}
 	n, err := c.w.Write(b)
 	c.n += int64(n)
 	return n, err

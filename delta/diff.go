@@ -333,7 +333,18 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 		h.BasePaths = append(h.BasePaths, BasePath{Path: bp, NarHash: info.NarHash})
 	}
 	sort.Slice(h.BasePaths, func(i, j int) bool { return h.BasePaths[i].Path < h.BasePaths[j].Path })
+	if err := writePatch(w, h, &raw, cm, st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// writePatch compresses the streams (raw holds every one but diff, which
+// cm has coded), fills in their sizes in h, and writes the header and the
+// streams to w, counting them in st.
+func writePatch(w io.Writer, h *Header, raw *[7]bytes.Buffer, cm *cmEncoder, st *Stats) error {
 	var streams [7][]byte
+	h.Streams = h.Streams[:0]
 	for i := range raw {
 		rawSize := int64(raw[i].Len())
 		switch streamNames[i] {
@@ -349,20 +360,20 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 	}
 	hb, err := MarshalHeader(h)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	st.StreamBytes["header"] = len(hb)
 	st.Size = int64(len(hb))
 	if _, err := w.Write(hb); err != nil {
-		return nil, err
+		return err
 	}
 	for _, s := range streams {
 		if _, err := w.Write(s); err != nil {
-			return nil, err
+			return err
 		}
 		st.Size += int64(len(s))
 	}
-	return st, nil
+	return nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

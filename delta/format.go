@@ -31,6 +31,10 @@ const (
 	MaxOpsSize     = 64 << 20
 	MaxString      = 4096
 	MaxEntries     = 1 << 20
+	// MaxClosureSize bounds baseSize and targetSize (1 TiB): far above
+	// any device's flash, and low enough that no bound derived from them
+	// overflows.
+	MaxClosureSize = 1 << 40
 	preambleLength = 16
 )
 
@@ -105,6 +109,8 @@ func (h *Header) Validate() error {
 		return bad("base %q or target %q is not a digest", h.Base, h.Target)
 	case h.BaseSize <= 0 || h.TargetSize <= 0:
 		return bad("sizes must be positive")
+	case h.BaseSize > MaxClosureSize || h.TargetSize > MaxClosureSize:
+		return fmt.Errorf("%w: closure sizes %d and %d, at most %d", ErrTooLarge, h.BaseSize, h.TargetSize, int64(MaxClosureSize))
 	case len(h.Streams) != len(streamNames):
 		return bad("%d streams, want %d", len(h.Streams), len(streamNames))
 	}
