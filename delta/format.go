@@ -27,10 +27,10 @@ const (
 	// LayerMediaType is the media type of the patch file as an OCI blob.
 	LayerMediaType = "application/vnd.otter.patch.v1"
 
-	MaxHeaderSize  = 1 << 20
-	MaxOpsSize     = 64 << 20
-	MaxString      = 4096
-	MaxEntries     = 1 << 20
+	MaxHeaderSize = 1 << 20
+	MaxOpsSize    = 64 << 20
+	MaxString     = 4096
+	MaxEntries    = 1 << 20
 	// MaxClosureSize bounds baseSize and targetSize (1 TiB): far above
 	// any device's flash, and low enough that no bound derived from them
 	// overflows.
