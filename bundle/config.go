@@ -28,6 +28,12 @@ const (
 	SchemaVersion = 1
 	// MaxConfigSize bounds the config blob otter reads.
 	MaxConfigSize = 16 << 20
+	// MaxLayers bounds the store paths of a bundle: a full NixOS system
+	// closure has a few thousand.
+	MaxLayers = 16384
+	// MaxNarSize bounds one store path's NAR size (1 TiB), so that no sum
+	// or bound derived from NAR sizes overflows.
+	MaxNarSize = 1 << 40
 )
 
 // ErrConfig is returned for a config blob that is not a valid bundle config.
@@ -135,6 +141,9 @@ func (c *Config) Validate() error {
 	if len(c.Paths) == 0 {
 		return bad("no store paths")
 	}
+	if len(c.Paths) > MaxLayers {
+		return bad("%d paths, at most %d", len(c.Paths), MaxLayers)
+	}
 	if len(c.RootFS.DiffIDs) != len(c.Paths) {
 		return bad("%d diff_ids for %d paths", len(c.RootFS.DiffIDs), len(c.Paths))
 	}
@@ -151,8 +160,8 @@ func (c *Config) Validate() error {
 		if i > 0 && p.Path <= c.Paths[i-1].Path {
 			return bad("paths not sorted and unique at %s", p.Path)
 		}
-		if p.NarSize <= 0 {
-			return bad("%s: narSize %d", p.Path, p.NarSize)
+		if p.NarSize <= 0 || p.NarSize > MaxNarSize {
+			return bad("%s: narSize %d (at most %d)", p.Path, p.NarSize, int64(MaxNarSize))
 		}
 		if p.References == nil {
 			return bad("%s: references missing (use [])", p.Path)
@@ -182,6 +191,17 @@ func (c *Config) Validate() error {
 func CheckManifest(m *v1.Manifest) error {
 	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
 		return fmt.Errorf("%w: artifactType %q, config %q", ErrNotBundle, m.ArtifactType, m.Config.MediaType)
+	}
+	if len(m.Layers) > MaxLayers {
+		return fmt.Errorf("%w: %d layers, at most %d", ErrConfig, len(m.Layers), MaxLayers)
+	}
+	if m.Config.Size < 0 || m.Config.Size > MaxConfigSize {
+		return fmt.Errorf("%w: config of %d bytes", ErrConfig, m.Config.Size)
+	}
+	for i, l := range m.Layers {
+		if l.Size < 0 {
+			return fmt.Errorf("%w: layer %d has a negative size %d", ErrConfig, i, l.Size)
+		}
 	}
 	return nil
 }

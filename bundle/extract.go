@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -218,8 +219,16 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 		return err
 	}
 	defer zr.Close()
+	// Every decompressed byte is hashed for the DiffID, and there are at
+	// most MaxLayerTarSize of them: the bound is known from the config
+	// before the first byte is read.
+	limit := MaxLayerTarSize(info.NarSize)
+	bounded := &iox.LimitReader{R: zr, Left: limit, Over: func() error {
+		return fmt.Errorf("%w: %s decompresses to more than %d bytes (NAR size %d)", ErrLayerFormat, info.Path, limit, info.NarSize)
+	}}
 	uncompressed := sha256.New()
-	tr := tar.NewReader(io.TeeReader(zr, uncompressed))
+	tarStream := io.TeeReader(bounded, uncompressed)
+	tr := tar.NewReader(tarStream)
 	nh := sha256.New()
 	nw := nix.NewNARWriter(nh)
 	base := nix.BaseName(info.Path)
@@ -232,11 +241,19 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+			return layerReadErr(err)
+		}
+		if iox.SparseTar(th) {
+			return fmt.Errorf("%w: entry %q is a sparse file", ErrLayerFormat, th.Name)
 		}
 		h, err := narHeader(base, th)
 		if err != nil {
 			return err
+		}
+		// A file never holds more than what is left of the path's NAR
+		// size: nothing is written past the signed bound.
+		if h.Type == nix.TypeRegular && h.Size > info.NarSize-nw.Size() {
+			return fmt.Errorf("%w: entry %q declares %d bytes, more than %s's NAR size %d allows", ErrLayerFormat, th.Name, h.Size, info.Path, info.NarSize)
 		}
 		// The NAR writer checks that every parent is a directory of this
 		// layer, entries come in order and are unique.
@@ -252,19 +269,21 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 		}
 		if r != nil {
 			if _, err := io.Copy(io.Discard, r); err != nil {
-				return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+				return layerReadErr(err)
 			}
 		}
 	}
 	if err := nw.Close(); err != nil {
 		return fmt.Errorf("%w: %v", ErrLayerFormat, err)
 	}
-	// Read to the end of the blob so its digest covers every byte.
-	if _, err := io.Copy(io.Discard, zr); err != nil {
-		return fmt.Errorf("%w: %v", ErrLayerDigest, err)
-	}
-	if _, err := io.Copy(io.Discard, io.TeeReader(iox.ContextReader{Ctx: ctx, R: rc}, compressed)); err != nil {
+	// What follows the end-of-archive marker (a record's padding, as GNU
+	// tar and Python's tarfile write) is hashed too, and must be zeros.
+	if err := zeros(tarStream); err != nil {
 		return err
+	}
+	// Read to the end of the blob so its digest covers every byte.
+	if _, err := io.Copy(io.Discard, io.TeeReader(iox.ContextReader{Ctx: ctx, R: rc}, compressed)); err != nil {
+		return layerReadErr(err)
 	}
 	if got := hex.EncodeToString(compressed.Sum(nil)); got != desc.Digest.Hex || compressed.n != desc.Size {
 		return fmt.Errorf("%w: layer %s has %d bytes hashing to sha256:%s", ErrLayerDigest, desc.Digest, compressed.n, got)
@@ -275,6 +294,51 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 	var sum nix.Hash
 	copy(sum[:], nh.Sum(nil))
 	return checkNar(info.Path, info, sum, nw.Size())
+}
+
+// MaxLayerTarSize bounds the uncompressed tar of a store path of NAR
+// size narSize (docs/bundle.md §4): tar spends at most 1.5 KiB of headers
+// per entry where NAR spends at least about 100 bytes, so 16 times the NAR
+// size, plus a MiB for padding, holds every layer otter or another tool
+// writes.
+func MaxLayerTarSize(narSize int64) int64 {
+	const slack = 1 << 20
+	if narSize < 0 {
+		return slack
+	}
+	if narSize > (math.MaxInt64-slack)/16 {
+		return math.MaxInt64
+	}
+	return 16*narSize + slack
+}
+
+// zeros reads r to its end and refuses a non-zero byte.
+func zeros(r io.Reader) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return fmt.Errorf("%w: non-zero bytes after the end of the archive", ErrLayerFormat)
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return layerReadErr(err)
+		}
+	}
+}
+
+// layerReadErr names a failure to read a layer: a refusal of otter's own
+// passes through; anything else is a damaged blob (a tampered, truncated
+// or undecodable stream).
+func layerReadErr(err error) error {
+	if errors.Is(err, ErrLayerFormat) || errors.Is(err, ErrLayerDigest) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrLayerDigest, err)
 }
 
 // exactReader yields exactly left bytes, and an error if the source ends
@@ -345,9 +409,13 @@ func writeFile(p string, h *nix.Header, r io.Reader) error {
 		return err
 	}
 	defer f.Close()
-	n, err := io.Copy(f, r)
+	n, err := iox.Copy(f, r)
+	var we *iox.WriteError
+	if errors.As(err, &we) {
+		return fmt.Errorf("writing %s: %w", p, we.Err) // a full disk, not a bad layer
+	}
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrLayerDigest, err)
+		return layerReadErr(err)
 	}
 	if n != h.Size {
 		return fmt.Errorf("%w: %s: %d of %d bytes", ErrLayerDigest, p, n, h.Size)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,6 +20,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/testutil/touch"
 	"github.com/otter-fleet/otter/nix"
 )
 
@@ -146,89 +146,21 @@ func (h *hostile) patch(t testing.TB, ops, literal []byte) string {
 	return p
 }
 
-// snapshot lists every node under dir with its kind and content hash.
-func snapshot(t testing.TB, dir string) string {
-	t.Helper()
-	var b strings.Builder
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(&b, "%s %v", strings.TrimPrefix(p, dir), d.Type())
-		if d.Type().IsRegular() {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&b, " %x", sha256.Sum256(data))
-		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			l, _ := os.Readlink(p)
-			b.WriteString(" -> " + l)
-		}
-		b.WriteByte('\n')
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
-}
-
-// watchOutside reports every open, read, write or new entry in the
-// directories outside the store, through inotify.
-func (h *hostile) watchOutside(t testing.TB) func() []string {
-	t.Helper()
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{h.outside, filepath.Join(h.outside, "sub"), filepath.Dir(h.store)} {
-		mask := uint32(unix.IN_OPEN | unix.IN_ACCESS | unix.IN_MODIFY | unix.IN_CREATE | unix.IN_ATTRIB | unix.IN_DELETE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM)
-		if d == filepath.Dir(h.store) {
-			// Beside the store: only new entries matter (the patch file
-			// itself is read there).
-			mask = unix.IN_CREATE | unix.IN_MOVED_TO
-		}
-		if _, err := unix.InotifyAddWatch(fd, d, mask); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return func() []string {
-		defer unix.Close(fd)
-		var events []string
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := unix.Read(fd, buf)
-			if n <= 0 || err != nil {
-				return events
-			}
-			for off := 0; off+unix.SizeofInotifyEvent <= n; {
-				mask := uint32(buf[off+4]) | uint32(buf[off+5])<<8 | uint32(buf[off+6])<<16 | uint32(buf[off+7])<<24
-				l := int(uint32(buf[off+12]) | uint32(buf[off+13])<<8 | uint32(buf[off+14])<<16 | uint32(buf[off+15])<<24)
-				name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+l]), "\x00")
-				if mask&unix.IN_IGNORED == 0 {
-					events = append(events, fmt.Sprintf("%#x %s", mask, name))
-				}
-				off += unix.SizeofInotifyEvent + l
-			}
-		}
-	}
-}
-
 // applySafely applies a patch and checks the safety property: nothing
 // outside the store and its staging area is created, changed or read,
 // and the store gains nothing but new paths of the target.
 func (h *hostile) applySafely(t testing.TB, patch string) error {
 	t.Helper()
-	outsideBefore := snapshot(t, h.outside)
+	outsideBefore := touch.Snapshot(t, h.outside)
 	storeBefore := listNames(t, h.store)
-	events := h.watchOutside(t)
+	events := touch.Watch(t, touch.Touches, h.outside, filepath.Join(h.outside, "sub"))
+	// Beside the store only new entries matter (the patch is read there).
+	beside := touch.Watch(t, unix.IN_CREATE|unix.IN_MOVED_TO, filepath.Dir(h.store))
 	_, err := Apply(context.Background(), patch, h.store, ApplyOptions{NoFsync: true})
-	if ev := events(); len(ev) > 0 {
+	if ev := append(events(), beside()...); len(ev) > 0 {
 		t.Fatalf("apply touched things outside the store (%v): %v", err, ev)
 	}
-	if after := snapshot(t, h.outside); after != outsideBefore {
+	if after := touch.Snapshot(t, h.outside); after != outsideBefore {
 		t.Fatalf("apply changed the directory outside the store (%v):\nbefore:\n%s\nafter:\n%s", err, outsideBefore, after)
 	}
 	added := map[string]bool{}

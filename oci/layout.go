@@ -31,9 +31,90 @@ import (
 // refNameAnnotation names a manifest in an OCI layout's index.json.
 const refNameAnnotation = "org.opencontainers.image.ref.name"
 
+// Bounds on what otter reads whole from a layout or an archive, as
+// go-containerregistry bounds what it reads from a registry: an index or
+// manifest of at most MaxManifestSize bytes (a bundle of bundle.MaxLayers
+// layers takes about 4 MiB).
+const MaxManifestSize = 8 << 20
+
+// ErrTooLarge is returned for an index or manifest over its bound, or a
+// blob whose file is not the size its descriptor says.
+var ErrTooLarge = errors.New("oci: index or manifest over its size bound")
+
+// checkLayoutBlob refuses a descriptor over max bytes, and a layout blob
+// whose file is not the size its descriptor says, before anything reads it.
+func checkLayoutBlob(dir string, d v1.Descriptor, max int64) error {
+	if d.Size < 0 || d.Size > max {
+		return fmt.Errorf("%w: %s declares %d bytes, at most %d", ErrTooLarge, d.Digest, d.Size, max)
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "blobs", d.Digest.Algorithm, d.Digest.Hex))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: blob %s in %s", ErrNotFound, d.Digest, dir)
+		}
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != d.Size {
+		return fmt.Errorf("%w: blob %s in %s is %d bytes, its descriptor says %d", bundle.ErrLayerDigest, d.Digest, dir, fi.Size(), d.Size)
+	}
+	return nil
+}
+
+// layoutIndex reads a layout's index.json, bounded.
+func layoutIndex(dir string) (v1.ImageIndex, error) {
+	fi, err := os.Stat(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > MaxManifestSize {
+		return nil, fmt.Errorf("%w: %s/index.json is %d bytes, at most %d", ErrTooLarge, dir, fi.Size(), MaxManifestSize)
+	}
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := idx.IndexManifest(); err != nil {
+		return nil, fmt.Errorf("%w: %s/index.json: %v", bundle.ErrNotBundle, dir, err)
+	}
+	return idx, nil
+}
+
+// boundedImage is a layout image whose config is checked against its
+// descriptor's size bound before it is read.
+type boundedImage struct {
+	v1.Image
+	dir string
+}
+
+func (b *boundedImage) RawConfigFile() ([]byte, error) {
+	m, err := b.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkLayoutBlob(b.dir, m.Config, bundle.MaxConfigSize); err != nil {
+		return nil, err
+	}
+	return b.Image.RawConfigFile()
+}
+
+// layoutImage opens the manifest desc of a layout, bounded.
+func layoutImage(dir string, idx v1.ImageIndex, desc v1.Descriptor) (v1.Image, error) {
+	if err := checkLayoutBlob(dir, desc, MaxManifestSize); err != nil {
+		return nil, err
+	}
+	img, err := idx.Image(desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := img.Manifest(); err != nil {
+		return nil, fmt.Errorf("%w: manifest %s in %s: %v", bundle.ErrNotBundle, desc.Digest, dir, err)
+	}
+	return &boundedImage{Image: img, dir: dir}, nil
+}
+
 // openLayout finds the image ref names in its layout.
 func openLayout(ref Ref) (v1.Image, error) {
-	idx, err := layout.ImageIndexFromPath(ref.Layout)
+	idx, err := layoutIndex(ref.Layout)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: no OCI layout at %s", ErrNotFound, ref.Layout)
@@ -65,7 +146,7 @@ func openLayout(ref Ref) (v1.Image, error) {
 	if !found[0].MediaType.IsImage() {
 		return nil, fmt.Errorf("%w: %s is a %s", bundle.ErrNotBundle, ref, found[0].MediaType)
 	}
-	return idx.Image(found[0].Digest)
+	return layoutImage(ref.Layout, idx, found[0])
 }
 
 // writeLayout writes img into the layout ref names, under ref.Tag
@@ -173,7 +254,7 @@ func writeRawBlobs(ctx context.Context, dir string, blobs ...[]byte) error {
 // OCI index when the tag does not exist.
 func layoutIndexAt(ref Ref) (v1.ImageIndex, error) {
 	emptyIdx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	idx, err := layout.ImageIndexFromPath(ref.Layout)
+	idx, err := layoutIndex(ref.Layout)
 	if errors.Is(err, fs.ErrNotExist) {
 		return emptyIdx, nil
 	}
@@ -188,6 +269,9 @@ func layoutIndexAt(ref Ref) (v1.ImageIndex, error) {
 		if d.Annotations[refNameAnnotation] == ref.Tag {
 			if !d.MediaType.IsIndex() {
 				return nil, fmt.Errorf("%w: %s is a %s, not an index", bundle.ErrNotBundle, ref, d.MediaType)
+			}
+			if err := checkLayoutBlob(ref.Layout, d, MaxManifestSize); err != nil {
+				return nil, err
 			}
 			return idx.ImageIndex(d.Digest)
 		}

@@ -260,7 +260,16 @@ func readArtifact(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType
 	} else {
 		var idx v1.ImageIndex
 		if idx, err = layoutIndexAt(Ref{Layout: ref.Layout, Tag: fallbackTag(subject)}); err == nil {
-			img, err = idx.Image(h)
+			var im *v1.IndexManifest
+			if im, err = idx.IndexManifest(); err == nil {
+				err = fmt.Errorf("%w: %s", ErrNotFound, h)
+				for _, d := range im.Manifests {
+					if d.Digest == h {
+						img, err = layoutImage(ref.Layout, idx, d)
+						break
+					}
+				}
+			}
 		}
 	}
 	if err != nil {

@@ -36,18 +36,13 @@ func resolveArchive(s string) (string, error) {
 	if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i:], "/") {
 		file, tag = rest[:i], rest[i+1:]
 	}
-	f, err := os.Open(file)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
 	dir, err := os.MkdirTemp("", "otter-archive-")
 	if err != nil {
 		return "", err
 	}
 	archiveDirs = append(archiveDirs, dir)
-	if err := oci.ExtractArchive(f, dir); err != nil {
-		return "", fmt.Errorf("%s: %w", file, err)
+	if err := oci.ExtractArchive(file, dir); err != nil {
+		return "", err
 	}
 	if tag != "" {
 		return oci.LayoutPrefix + dir + ":" + tag, nil

@@ -2,8 +2,10 @@
 package iox
 
 import (
+	"archive/tar"
 	"context"
 	"io"
+	"strings"
 )
 
 // ContextReader stops reading once ctx is done.
@@ -17,4 +19,80 @@ func (c ContextReader) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.R.Read(b)
+}
+
+// LimitReader yields at most max bytes of R; reading past them is the
+// error Over returns, not a silent end: a stream that decompresses to more
+// than its bound is refused, not cut short.
+type LimitReader struct {
+	R    io.Reader
+	Left int64
+	Over func() error
+}
+
+func (l *LimitReader) Read(b []byte) (int, error) {
+	if l.Left <= 0 {
+		// One byte more tells "exactly at the bound" from "over it".
+		var one [1]byte
+		n, err := l.R.Read(one[:])
+		if n > 0 {
+			return 0, l.Over()
+		}
+		return 0, err
+	}
+	if int64(len(b)) > l.Left {
+		b = b[:l.Left]
+	}
+	n, err := l.R.Read(b)
+	l.Left -= int64(n)
+	return n, err
+}
+
+// WriteError is a failure to write the destination of a copy (a full
+// disk), as opposed to a failure to read its source (bad input).
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// Copy copies src to dst like io.Copy, but returns a failure to write
+// dst as a *WriteError, so that callers can tell a full disk from a
+// corrupt source.
+func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		m, rerr := src.Read(buf)
+		if m > 0 {
+			w, err := dst.Write(buf[:m])
+			n += int64(w)
+			if err == nil && w < m {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				return n, &WriteError{Err: err}
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+// SparseTar reports a tar entry that is a sparse file (old GNU or PAX
+// GNU.sparse.*): its holes read as zeros the archive does not hold, so
+// its size says nothing of the archive's. otter refuses them everywhere.
+func SparseTar(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
