@@ -3,11 +3,13 @@ package delta
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"regexp"
 
 	"github.com/otter-fleet/otter/nix"
@@ -504,8 +506,10 @@ func parseTarget(b []byte) (manifest, config []byte, err error) {
 // streamErr names a failure to read a stream: the stream ended early
 // (truncated), or its bytes do not decode (corrupt).
 func streamErr(stream string, err error) error {
-	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrFormat) || errors.Is(err, ErrCorrupt) {
-		return err
+	var pe *fs.PathError
+	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrFormat) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrTargetMismatch) ||
+		errors.As(err, &pe) || errors.Is(err, context.Canceled) {
+		return err // otter's own refusal, or the device's (a full disk)
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: %s stream: %v", ErrTruncated, stream, err)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -90,8 +91,13 @@ func Open(c Config) (*Device, *Recovery, error) {
 			return nil, nil, err
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(c.State, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	// O_NOFOLLOW: a symlinked lock must not make otter create or open the
+	// file it points at.
+	f, err := os.OpenFile(filepath.Join(c.State, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, nil, fmt.Errorf("%w: %s is a symlink", ErrState, filepath.Join(c.State, "lock"))
+		}
 		return nil, nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
@@ -121,6 +127,8 @@ type Generation struct {
 	Root    string         `json:"root"`
 	Release *sign.Release  `json:"release"`
 	Config  *bundle.Config `json:"-"`
+	// Damaged says why a generation's files could not be read.
+	Damaged string `json:"damaged,omitempty"`
 }
 
 func (d *Device) genDir(n int) string { return d.path("generations", strconv.Itoa(n)) }
@@ -145,7 +153,7 @@ func (d *Device) generations() ([]int, error) {
 // made; they are read back without a trust root.
 func (d *Device) loadGeneration(n int) (*Generation, error) {
 	dir := d.genDir(n)
-	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	raw, err := readState(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
 	}
@@ -153,7 +161,7 @@ func (d *Device) loadGeneration(n int) (*Generation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
 	}
-	env, err := os.ReadFile(filepath.Join(dir, "release.json"))
+	env, err := readState(filepath.Join(dir, "release.json"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
 	}
@@ -221,7 +229,7 @@ func (d *Device) writeJSON(name string, v any) error {
 }
 
 func (d *Device) readJSON(name string, v any) (bool, error) {
-	b, err := os.ReadFile(d.path(name))
+	b, err := readState(d.path(name))
 	if os.IsNotExist(err) {
 		return false, nil
 	}
@@ -288,3 +296,19 @@ func Provision(state, storeOnDevice string, manifest, config, envelope []byte) e
 	}
 	return d.record(Outcome{Action: "provision", From: 0, To: 1, Result: "ok"})
 }
+
+// readState reads a state file, never through a symlink.
+func readState(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%w: %s is a symlink", ErrState, p)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxStateFile))
+}
+
+// maxStateFile bounds what otter reads of one state file.
+const maxStateFile = 64 << 20

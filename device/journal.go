@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -108,7 +109,7 @@ func (d *Device) recover() (*Recovery, error) {
 func (d *Device) removeLeftovers() {
 	ents, _ := os.ReadDir(d.path("generations"))
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".new-") {
+		if strings.HasPrefix(e.Name(), ".new-") || strings.HasPrefix(e.Name(), ".gc-") {
 			fsutil.RemoveAll(d.path("generations", e.Name()))
 		}
 	}
@@ -126,7 +127,8 @@ func (d *Device) dropGeneration(n int) error {
 	if cur, err := d.current(); err != nil || cur == n {
 		return err
 	}
-	if err := fsutil.RemoveAll(d.genDir(n)); err != nil {
+	err := removeRenamed(d.path("generations"), strconv.Itoa(n), ".gc-")
+	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	return d.syncDir(d.path("generations"))

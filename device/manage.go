@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
@@ -30,7 +32,7 @@ func (d *Device) gc() ([]string, error) {
 	live := map[string]bool{}
 	for _, n := range gens {
 		if !keep[n] {
-			if err := fsutil.RemoveAll(d.genDir(n)); err != nil {
+			if err := removeRenamed(d.path("generations"), strconv.Itoa(n), ".gc-"); err != nil {
 				return nil, err
 			}
 			continue
@@ -59,12 +61,25 @@ func (d *Device) gc() ([]string, error) {
 		if live[name] || nix.ValidateStorePath(nix.StoreDir+"/"+name) != nil {
 			continue // only store paths; never anything else in the directory
 		}
-		if err := fsutil.RemoveAll(filepath.Join(d.c.Store, name)); err != nil {
+		if err := removeRenamed(d.c.Store, name, ".otter-gc-"); err != nil {
 			return nil, err
 		}
 		collected = append(collected, nix.StoreDir+"/"+name)
 	}
 	return collected, d.syncDir(d.c.Store)
+}
+
+// removeRenamed removes dir/name by first renaming it to dir/prefix+name,
+// out of the namespace anything reads, then removing that: a removal
+// cut short leaves no half-deleted tree under its real name, and the next
+// recovery finishes it.
+func removeRenamed(dir, name, prefix string) error {
+	tmp := filepath.Join(dir, prefix+name)
+	if err := os.Rename(filepath.Join(dir, name), tmp); err != nil {
+		return err
+	}
+	crashPoint("gc-renamed")
+	return fsutil.RemoveAll(tmp)
 }
 
 // GC collects old generations and unused store paths.
@@ -119,6 +134,9 @@ type Status struct {
 	Failed map[string]string `json:"failed,omitempty"`
 	// Downloads are partial downloads kept for resuming.
 	Downloads []string `json:"downloads"`
+	// Expired says the installed release's signed statement has expired:
+	// unless the registry serves a fresher one, update refuses it (13).
+	Expired bool `json:"expired"`
 }
 
 // Status reads the device state.
@@ -135,7 +153,9 @@ func (d *Device) Status() (*Status, error) {
 	for _, n := range gens {
 		g, err := d.loadGeneration(n)
 		if err != nil {
-			return nil, err
+			// Reported, not fatal: status is how a damaged device is
+			// looked at.
+			g = &Generation{Number: n, Damaged: err.Error()}
 		}
 		s.Generations = append(s.Generations, g)
 		if n == cur {
@@ -144,6 +164,13 @@ func (d *Device) Status() (*Status, error) {
 	}
 	if cur != 0 && s.Current == nil {
 		return nil, fmt.Errorf("%w: current names generation %d, which is missing", ErrState, cur)
+	}
+	if g := s.Current; g != nil && g.Release != nil {
+		// The installed release's own statement: once it has expired, the
+		// next update refuses to stay on it (exit 13).
+		if exp, err := time.Parse(time.RFC3339, g.Release.Expires); err == nil && !d.c.Now().Before(exp) {
+			s.Expired = true
+		}
 	}
 	var last Outcome
 	if ok, err := d.readJSON("last.json", &last); err != nil {

@@ -87,6 +87,20 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			return nil, err
 		}
 		if installed.Digest == digest.String() {
+			// Nothing to install, but a release whose statement has
+			// expired is not one to stay on (a freeze): the statement is
+			// verified again, and a refusal is reported.
+			policy := d.policy(digest, installed)
+			err := d.retry(ctx, func() error {
+				_, _, err := oci.VerifiedRelease(ctx, ref, digest, policy, d.c.IO...)
+				return err
+			})
+			if err != nil {
+				if rerr := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()}); rerr != nil {
+					return nil, errors.Join(err, rerr)
+				}
+				return nil, err
+			}
 			res.UpToDate, res.Version = true, installed.Release.Version
 			return res, nil
 		}
@@ -108,6 +122,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 				return nil, errors.Join(err, derr)
 			}
 		}
+		err = noSpace(err)
 		d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()})
 		if rerr := d.removeState("journal.json"); rerr != nil {
 			return nil, errors.Join(err, rerr)
@@ -117,10 +132,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 
 	// The statement: trusted keys, this system and channel, not expired,
 	// not older than what is installed.
-	policy := sign.Policy{Trust: d.c.Trust, Now: d.c.Now(), Digest: digest.String(), System: d.c.System, Channel: d.c.Channel}
-	if installed != nil {
-		policy.Installed, policy.HasInstalled = installed.Release.Version, true
-	}
+	policy := d.policy(digest, installed)
 	var (
 		envelope []byte
 		release  *sign.Release
@@ -294,6 +306,24 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	crashPoint("committed")
 	return res, d.removeState("journal.json")
+}
+
+// policy is what a statement for digest must satisfy on this device.
+func (d *Device) policy(digest v1.Hash, installed *Generation) sign.Policy {
+	p := sign.Policy{Trust: d.c.Trust, Now: d.c.Now(), Digest: digest.String(), System: d.c.System, Channel: d.c.Channel}
+	if installed != nil {
+		p.Installed, p.HasInstalled = installed.Release.Version, true
+	}
+	return p
+}
+
+// noSpace names a full disk (or quota) as such, whatever step met it:
+// it is the device's limit, not bad input.
+func noSpace(err error) error {
+	if (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) && !errors.Is(err, ErrNoSpace) {
+		return fmt.Errorf("%w: %v", ErrNoSpace, err)
+	}
+	return err
 }
 
 // rollBackFailed puts the old generation back after the new one failed

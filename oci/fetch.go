@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/iox"
 )
 
 // FetchResult says what a resumable fetch moved.
@@ -46,13 +48,35 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		return nil, err
 	}
 	res := &FetchResult{}
-	if fi, err := os.Stat(dst); err == nil && fi.Size() == d.Size {
-		return res, nil // verified when it was renamed into place
+	// A finished download is used only while it still has its digest: a
+	// file damaged on the flash since is removed and fetched again.
+	if fi, err := os.Lstat(dst); err == nil {
+		if fi.Mode().IsRegular() && fi.Size() == d.Size {
+			if got, err := hashFile(dst); err == nil && got == d.Digest.Hex {
+				return res, nil
+			}
+		}
+		if err := os.Remove(dst); err != nil {
+			return nil, err
+		}
 	}
 	part := dst + ".part"
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o644)
+	// Never through a symlink: a download writes only its own file.
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, syscall.ELOOP) {
+			if err := os.Remove(part); err != nil {
+				return nil, err
+			}
+			f, err = os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", part)
 	}
 	defer f.Close()
 	have, err := f.Seek(0, io.SeekEnd)
@@ -98,6 +122,11 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		if ctx.Err() != nil {
 			f.Sync()
 			return res, ctx.Err()
+		}
+		var we *iox.WriteError
+		if errors.As(err, &we) {
+			// A full disk does not get better by asking again.
+			return res, fmt.Errorf("fetching %s: %w", d.Digest, we.Err)
 		}
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) {
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, err)
@@ -166,7 +195,7 @@ func fetchFrom(ctx context.Context, open opener, f *os.File, have, size int64, p
 		m, rerr := rc.Read(buf[:min(int64(len(buf)), size-have-n)])
 		if m > 0 {
 			if _, err := f.Write(buf[:m]); err != nil {
-				return n, err
+				return n, &iox.WriteError{Err: err}
 			}
 			n += int64(m)
 			unsynced += int64(m)
@@ -176,7 +205,7 @@ func fetchFrom(ctx context.Context, open opener, f *os.File, have, size int64, p
 			}
 			if unsynced >= fetchSyncEvery {
 				if err := f.Sync(); err != nil {
-					return n, err
+					return n, &iox.WriteError{Err: err}
 				}
 				unsynced = 0
 			}

@@ -161,24 +161,18 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 }
 
 // VerifiedRelease returns the first release statement attached to the
-// bundle digest that passes the policy, with its envelope; else the first
-// refusal (sign.ErrNotSigned when there is no statement at all).
+// bundle digest that passes the policy, with its envelope; else the
+// refusal sign.VerifyReleases finds most telling.
 func VerifiedRelease(ctx context.Context, ref Ref, digest v1.Hash, p sign.Policy, opts ...IOOption) ([]byte, *sign.Release, error) {
 	envs, err := Attached(ctx, ref, digest, sign.ReleaseType, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
-	first := sign.ErrNotSigned
-	for i, e := range envs {
-		r, err := sign.VerifyRelease(e, p)
-		if err == nil {
-			return e, r, nil
-		}
-		if i == 0 {
-			first = err
-		}
+	e, r, err := sign.VerifyReleases(envs, p)
+	if err != nil {
+		return nil, nil, fmt.Errorf("release %s: %w", digest, err)
 	}
-	return nil, nil, fmt.Errorf("release %s: %w", digest, first)
+	return e, r, nil
 }
 
 var errNotOurs = errors.New("oci: not an artifact of that kind for this subject")

@@ -157,7 +157,9 @@ func VerifyCosign(sigs []CosignSignature, version uint64, system string, p Polic
 		case lastErr != nil:
 			return nil, lastErr
 		case bad > 0 && len(good) == 0:
-			return nil, fmt.Errorf("%w: no trusted key verifies the %d cosign signature(s)", ErrBadSignature, bad)
+			// A cosign signature names no key: one that no trusted key
+			// verifies was made by a key the trust file does not hold.
+			return nil, fmt.Errorf("%w: no trusted key verifies the %d cosign signature(s)", ErrUnknownKey, bad)
 		}
 		return nil, fmt.Errorf("%w: %d of %d required signatures", ErrThreshold, len(good), p.Trust.Threshold)
 	}

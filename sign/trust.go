@@ -112,6 +112,13 @@ func (t *Trust) key(id string) crypto.PublicKey {
 // checkSignatures counts the distinct trusted keys whose signature over
 // the envelope verifies, and fails unless there are Threshold of them.
 func (t *Trust) checkSignatures(e *Envelope) error {
+	_, err := t.signers(e)
+	return err
+}
+
+// signers returns the trusted keys whose signatures over the envelope
+// verify, or the refusal when they are fewer than the threshold.
+func (t *Trust) signers(e *Envelope) (map[string]bool, error) {
 	msg := PAE(e.PayloadType, e.Payload)
 	good := map[string]bool{}
 	var bad, unknown []string
@@ -128,13 +135,13 @@ func (t *Trust) checkSignatures(e *Envelope) error {
 	}
 	switch {
 	case len(good) >= t.Threshold:
-		return nil
+		return good, nil
 	case len(bad) > 0:
-		return fmt.Errorf("%w by %v", ErrBadSignature, bad)
+		return nil, fmt.Errorf("%w by %v", ErrBadSignature, bad)
 	case len(good) == 0 && len(unknown) > 0:
-		return fmt.Errorf("%w: signed only by %v", ErrUnknownKey, unknown)
+		return nil, fmt.Errorf("%w: signed only by %v", ErrUnknownKey, unknown)
 	}
-	return fmt.Errorf("%w: %d of %d required signatures", ErrThreshold, len(good), t.Threshold)
+	return nil, fmt.Errorf("%w: %d of %d required signatures", ErrThreshold, len(good), t.Threshold)
 }
 
 // Rotate accepts a new trust root from an envelope only when the current

@@ -37,13 +37,16 @@ type Policy struct {
 // VerifyRelease checks a release statement's envelope against the policy
 // and returns the statement. Each refusal is its own error.
 func VerifyRelease(envelope []byte, p Policy) (*Release, error) {
-	e, err := openEnvelope(envelope, ReleaseType, p.Trust)
+	e, signers, err := openEnvelope(envelope, ReleaseType, p.Trust)
 	if err != nil {
 		return nil, err
 	}
 	r, err := ParseRelease(e.Payload)
 	if err != nil {
 		return nil, err
+	}
+	if !signers[r.KeyID] {
+		return nil, fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, r.KeyID)
 	}
 	if r.Digest != p.Digest {
 		return nil, fmt.Errorf("%w: statement names %s, the bundle is %s", ErrDigestMismatch, r.Digest, p.Digest)
@@ -54,13 +57,16 @@ func VerifyRelease(envelope []byte, p Policy) (*Release, error) {
 // VerifyPatch checks a patch statement's envelope: p.Digest is the
 // patch's digest, base the installed bundle's.
 func VerifyPatch(envelope []byte, base string, p Policy) (*Patch, error) {
-	e, err := openEnvelope(envelope, PatchType, p.Trust)
+	e, signers, err := openEnvelope(envelope, PatchType, p.Trust)
 	if err != nil {
 		return nil, err
 	}
 	s, err := ParsePatch(e.Payload)
 	if err != nil {
 		return nil, err
+	}
+	if !signers[s.KeyID] {
+		return nil, fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, s.KeyID)
 	}
 	if s.Patch != p.Digest {
 		return nil, fmt.Errorf("%w: statement names patch %s, this patch is %s", ErrDigestMismatch, s.Patch, p.Digest)
@@ -71,21 +77,65 @@ func VerifyPatch(envelope []byte, base string, p Policy) (*Patch, error) {
 	return s, p.check(s.Version, s.Channel, s.System, s.Expires)
 }
 
-func openEnvelope(data []byte, payloadType string, t *Trust) (*Envelope, error) {
+func openEnvelope(data []byte, payloadType string, t *Trust) (*Envelope, map[string]bool, error) {
 	if t == nil {
-		return nil, fmt.Errorf("%w: no trust root", ErrTrust)
+		return nil, nil, fmt.Errorf("%w: no trust root", ErrTrust)
 	}
 	e, err := ParseEnvelope(data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if e.PayloadType != payloadType {
-		return nil, fmt.Errorf("%w: payload type %q, want %q", ErrWrongType, e.PayloadType, payloadType)
+		return nil, nil, fmt.Errorf("%w: payload type %q, want %q", ErrWrongType, e.PayloadType, payloadType)
 	}
-	if err := t.checkSignatures(e); err != nil {
-		return nil, err
+	signers, err := t.signers(e)
+	if err != nil {
+		return nil, nil, err
 	}
-	return e, nil
+	return e, signers, nil
+}
+
+// VerifyReleases returns the first of the release statements (envelopes
+// attached to one bundle) that passes the policy, with its envelope. When
+// none does, it returns the refusal that tells most: a statement whose
+// signatures hold but that the policy refuses (expired, rollback, another
+// system or channel) over one for another artifact, over too few, bad or
+// unknown signatures, over junk; ErrNotSigned when there is none at all.
+// A junk statement attached first cannot hide why the real one failed.
+func VerifyReleases(envelopes [][]byte, p Policy) ([]byte, *Release, error) {
+	var best error
+	for _, e := range envelopes {
+		r, err := VerifyRelease(e, p)
+		if err == nil {
+			return e, r, nil
+		}
+		if best == nil || relevance(err) > relevance(best) {
+			best = err
+		}
+	}
+	if best == nil {
+		best = ErrNotSigned
+	}
+	return nil, nil, best
+}
+
+// relevance ranks refusals by how far the statement got.
+func relevance(err error) int {
+	switch {
+	case errors.Is(err, ErrExpired), errors.Is(err, ErrRollback), errors.Is(err, ErrWrongSystem), errors.Is(err, ErrWrongChannel):
+		return 6
+	case errors.Is(err, ErrDigestMismatch):
+		return 5
+	case errors.Is(err, ErrThreshold):
+		return 4
+	case errors.Is(err, ErrBadSignature):
+		return 3
+	case errors.Is(err, ErrUnknownKey):
+		return 2
+	case errors.Is(err, ErrWrongType):
+		return 1
+	}
+	return 0 // malformed, oversized
 }
 
 // check applies the policy to a verified statement's fields.

@@ -24,6 +24,7 @@ func deviceFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, Usage: "how long activation and the health check may take"},
 		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
+		&cli.StringFlag{Name: "at", Usage: "act as of this RFC 3339 time instead of now", Hidden: true},
 	)
 }
 
@@ -41,6 +42,13 @@ func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.
 		Store: c.String("store"), State: c.String("state"), System: c.String("system"), Channel: c.String("channel"),
 		Keep: c.Int("keep"), Activate: shell(c.String("activate")), Health: shell(c.String("health-check")),
 		HealthTimeout: c.Duration("health-timeout"), IO: ioOptions(c, nil), NoFsync: c.Bool("no-fsync"), Stall: c.Int("retries"),
+	}
+	if at := c.String("at"); at != "" {
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return nil, nil, usageErrorf("--at: %v", err)
+		}
+		cfg.Now = func() time.Time { return t }
 	}
 	if needTrust {
 		path := c.String("trust")
@@ -153,13 +161,23 @@ func statusCommand() *cli.Command {
 			}
 			st.Recovered = rec
 			return u.result(st, func(w io.Writer) {
-				if st.Current == nil {
+				switch g := st.Current; {
+				case g == nil:
 					fmt.Fprintln(w, "nothing installed")
-				} else {
-					r := st.Current.Release
-					fmt.Fprintf(w, "generation %d: release %d on %s (%s)\n  root %s\n", st.Current.Number, r.Version, r.Channel, st.Current.Digest, st.Current.Root)
+				case g.Damaged != "":
+					fmt.Fprintf(w, "generation %d: damaged: %s\n", g.Number, g.Damaged)
+				default:
+					r := g.Release
+					fmt.Fprintf(w, "generation %d: release %d on %s (%s)\n  root %s\n", g.Number, r.Version, r.Channel, g.Digest, g.Root)
+					if st.Expired {
+						fmt.Fprintf(w, "  its signed statement expired at %s: update refuses to stay on it\n", r.Expires)
+					}
 				}
 				for _, g := range st.Generations {
+					if g.Damaged != "" {
+						fmt.Fprintf(w, "  generation %d: damaged: %s\n", g.Number, g.Damaged)
+						continue
+					}
 					fmt.Fprintf(w, "  generation %d: release %d (%s)\n", g.Number, g.Release.Version, g.Digest)
 				}
 				if l := st.Last; l != nil {

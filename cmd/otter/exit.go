@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
@@ -71,6 +72,9 @@ func exitCode(err error) int {
 	case errors.As(err, &ue), errors.Is(err, oci.ErrRef), strings.HasPrefix(err.Error(), "Required flag"),
 		strings.HasPrefix(err.Error(), "flag provided but not defined"):
 		return exitUsage
+	case errors.Is(err, device.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		// Before the integrity checks: a full disk is never tampering.
+		return exitNoSpace
 	case errors.Is(err, sign.ErrBadSignature):
 		return exitBadSignature
 	case errors.Is(err, sign.ErrUnknownKey):
@@ -126,8 +130,6 @@ func exitCode(err error) int {
 		return exitRolledBack
 	case errors.Is(err, device.ErrKnownBad):
 		return exitKnownBad
-	case errors.Is(err, device.ErrNoSpace):
-		return exitNoSpace
 	case errors.Is(err, device.ErrBusy):
 		return exitBusy
 	}

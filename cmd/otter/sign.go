@@ -317,9 +317,11 @@ updates) and a trust file (otter trust init). Refuses, each with its own exit
 code: a bad signature, an unknown key, too few signatures for the threshold, an
 expired statement (freeze), a version lower than --installed-version
 (rollback) unless --allow-downgrade, another system or channel, a statement for
-another bundle (mix-and-match), a malformed or oversized statement. Bundles
-signed with cosign sign --key verify too, given -a otter.dev/expires=… (and
-otter.dev/channel=…) claims.`,
+another bundle (mix-and-match), a malformed or oversized statement. It applies
+exactly the rule a device applies: an otter release statement is required
+(exit 19 without one). --cosign checks the bundle's cosign signatures instead
+(cosign sign --key with -a otter.dev/expires=… and -a otter.dev/channel=…), for
+interoperability; a device does not accept them alone (docs/signing.md).`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "trust", Required: true, Usage: "the trust file"},
 			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the channel this device follows"},
@@ -327,6 +329,7 @@ otter.dev/channel=…) claims.`,
 			&cli.Uint64Flag{Name: "installed-version", Usage: "the installed release's version (anti-rollback)"},
 			&cli.BoolFlag{Name: "allow-downgrade", Usage: "accept a version lower than the installed one"},
 			&cli.StringFlag{Name: "envelope", Usage: "verify this detached statement instead of the attached ones"},
+			&cli.BoolFlag{Name: "cosign", Usage: "verify the cosign signatures instead of otter's statements (not what a device accepts)"},
 			&cli.StringFlag{Name: "at", Usage: "verify as of this RFC 3339 time instead of now", Hidden: true},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
@@ -357,44 +360,32 @@ otter.dev/channel=…) claims.`,
 				Installed: c.Uint64("installed-version"), HasInstalled: c.IsSet("installed-version"), AllowDowngrade: c.Bool("allow-downgrade"),
 			}
 			res := verifyResult{Reference: ref.String(), Digest: d}
-			var envelopes [][]byte
-			if f := c.String("envelope"); f != "" {
-				data, err := os.ReadFile(f)
-				if err != nil {
-					return err
-				}
-				envelopes = [][]byte{data}
-			} else if envelopes, err = oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
-				return err
-			}
-			var firstErr error
-			for _, e := range envelopes {
-				r, err := sign.VerifyRelease(e, p)
-				if err == nil {
-					res.Verified, res.Via, res.Release = true, "otter", r
-					break
-				}
-				if firstErr == nil {
-					firstErr = err
-				}
-			}
-			if !res.Verified && len(envelopes) == 0 {
+			if c.Bool("cosign") {
 				sigs, err := oci.CosignSignatures(c.Context, ref, d, ioOptions(c, nil)...)
 				if err != nil {
 					return err
 				}
 				claim, err := sign.VerifyCosign(sigs, cfg.Version, cfg.System, p)
 				if err != nil {
-					firstErr = err
-				} else {
-					res.Verified, res.Via, res.Cosign = true, "cosign", claim
+					return fmt.Errorf("%s: %w", ref, err)
 				}
-			}
-			if !res.Verified {
-				if firstErr == nil {
-					firstErr = sign.ErrNotSigned
+				res.Verified, res.Via, res.Cosign = true, "cosign", claim
+			} else {
+				var envelopes [][]byte
+				if f := c.String("envelope"); f != "" {
+					data, err := os.ReadFile(f)
+					if err != nil {
+						return err
+					}
+					envelopes = [][]byte{data}
+				} else if envelopes, err = oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
+					return err
 				}
-				return fmt.Errorf("%s: %w", ref, firstErr)
+				_, r, err := sign.VerifyReleases(envelopes, p)
+				if err != nil {
+					return fmt.Errorf("%s: %w", ref, err)
+				}
+				res.Verified, res.Via, res.Release = true, "otter", r
 			}
 			return u.result(res, func(w io.Writer) {
 				if r := res.Release; r != nil {
@@ -479,9 +470,12 @@ func trustCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if n := c.Int("threshold"); n < 1 || n > len(pubs) {
+						return usageErrorf("--threshold %d for %d keys", n, len(pubs))
+					}
 					t, err := sign.NewTrust(1, c.Int("threshold"), pubs...)
 					if err != nil {
-						return usageErrorf("%v", err)
+						return fmt.Errorf("trust init: %w", err) // a duplicate or bad key: invalid input
 					}
 					data, err := t.Marshal()
 					if err != nil {

@@ -190,18 +190,28 @@ func TestCosignInterop(t *testing.T) {
 		var tr trustResult
 		otterJSON(t, &tr, "trust", "init", "--key", filepath.Join(dir, "cosign.pub"), "--out", trust)
 		var vr verifyResult
-		otterJSON(t, &vr, "verify", reg+":b", "--trust", trust)
+		otterJSON(t, &vr, "verify", reg+":b", "--trust", trust, "--cosign")
 		if vr.Via != "cosign" || vr.Cosign == nil || vr.Cosign.Version != 2 || vr.Cosign.Channel != "stable" {
 			t.Fatalf("verify result %+v %+v", vr, vr.Cosign)
 		}
-		// Another key's trust file refuses it.
-		if code, _, _ := otter(t, "verify", reg+":b", "--trust", otterTrust); code != exitBadSignature {
-			t.Fatalf("cosign signature under the wrong trust: exit %d", code)
+		// A device requires otter's statement; verify, by default, applies
+		// the device's rule: both refuse a cosign-only bundle alike.
+		if code, _, _ := otter(t, "verify", reg+":b", "--trust", trust); code != exitNotSigned {
+			t.Fatalf("verify of a cosign-only bundle: exit %d, want %d", code, exitNotSigned)
+		}
+		dev := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+		if code, _, _ := otter(t, append([]string{"update", reg + ":b"}, dev.args()...)...); code != exitNotSigned {
+			t.Fatalf("update to a cosign-only bundle: exit %d, want %d", code, exitNotSigned)
+		}
+		// Another key's trust file: the signature is by a key it does not
+		// hold.
+		if code, _, _ := otter(t, "verify", reg+":b", "--trust", otterTrust, "--cosign"); code != exitUnknownKey {
+			t.Fatalf("cosign signature under the wrong trust: exit %d, want %d", code, exitUnknownKey)
 		}
 		// Without an expiry claim there is no freshness: refused.
 		demoBundle(t, reg+":c", "3")
 		runCosign("cpw", "sign", "--key", filepath.Join(dir, "cosign.key"), "--tlog-upload=false", "--allow-insecure-registry", reg+":c")
-		if code, _, errs := otter(t, "verify", reg+":c", "--trust", trust); code != exitMalformed || !strings.Contains(errs, "otter.dev/expires") {
+		if code, _, errs := otter(t, "verify", reg+":c", "--trust", trust, "--cosign"); code != exitMalformed || !strings.Contains(errs, "otter.dev/expires") {
 			t.Fatalf("cosign signature without expiry: exit %d %s", code, errs)
 		}
 	})
@@ -211,7 +221,7 @@ func TestCosignInterop(t *testing.T) {
 		// cosign signs with otter's key file...
 		runCosign("pw", "sign", "--key", otterKey, "--tlog-upload=false", "--allow-insecure-registry", "-a", "otter.dev/expires=2099-01-01T00:00:00Z", "-a", "otter.dev/channel=stable", reg+":d")
 		var vr verifyResult
-		otterJSON(t, &vr, "verify", reg+":d", "--trust", otterTrust)
+		otterJSON(t, &vr, "verify", reg+":d", "--trust", otterTrust, "--cosign")
 		// ...and otter signs with cosign's.
 		demoBundle(t, reg+":e", "5")
 		t.Setenv("OTTER_PASSWORD", "cpw")
