@@ -78,7 +78,7 @@ func removeRenamed(dir, name, prefix string) error {
 	if err := os.Rename(filepath.Join(dir, name), tmp); err != nil {
 		return err
 	}
-	crashPoint("gc-renamed")
+	crashPoint("renamed" + prefix)
 	return fsutil.RemoveAll(tmp)
 }
 

@@ -212,7 +212,9 @@ func fetchFrom(ctx context.Context, open opener, f *os.File, have, size int64, p
 		}
 		if rerr == io.EOF {
 			if have+n < size {
-				return n, io.ErrUnexpectedEOF
+				// The source says this is the end: a truncated blob, not
+				// a dropped link (that reads as io.ErrUnexpectedEOF).
+				return n, fmt.Errorf("%w: the blob ends at byte %d of %d", bundle.ErrLayerDigest, have+n, size)
 			}
 			break
 		}

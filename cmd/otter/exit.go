@@ -118,6 +118,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
+	case errors.Is(err, oci.ErrTooLarge), errors.Is(err, nix.ErrNARFormat), errors.Is(err, device.ErrState), errors.Is(err, device.ErrNoPrevious):
+		return exitInvalid
 	case errors.Is(err, pipelines.ErrReleaseFile):
 		return exitUsage
 	case errors.Is(err, pipelines.ErrTagTaken):
