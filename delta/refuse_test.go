@@ -62,6 +62,9 @@ func TestApplyRefusesBadPatches(t *testing.T) {
 		{"tampered diff", flip(good, len(good)/2), "", errCorruptOrMismatch},
 		{"tampered target stream", flip(good, int(off)+5), "", delta.ErrCorrupt},
 		{"oversized declaration", withHeader(func(h *delta.Header) { h.Streams[1].RawSize = 1 << 40 }), "", delta.ErrTooLarge},
+		// 30 × targetSize must not overflow into a small bound.
+		{"target size over the bound", withHeader(func(h *delta.Header) { h.TargetSize = 1 << 41 }), "", delta.ErrTooLarge},
+		{"target size that overflows", withHeader(func(h *delta.Header) { h.TargetSize = 0x0888888888888889 }), "", delta.ErrTooLarge},
 		{"another installed base", good, otherDigest.String(), delta.ErrBaseMismatch},
 		{"another target", withHeader(func(h *delta.Header) { h.Target = otherDigest.String() }), "", delta.ErrFormat},
 		{"wrong version", version(good, 2), "", delta.ErrFormat},

@@ -128,7 +128,9 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 			// A full disk does not get better by asking again.
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, we.Err)
 		}
-		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, bundle.ErrLayerDigest) {
+			// Asking again gets the same answer: the source ended the blob
+			// short of its size, cleanly, or refused.
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, err)
 		}
 		if n > 0 {
