@@ -1,6 +1,6 @@
 // Command bench measures otter on the release corpus and prints markdown
 // tables; with -write it also replaces the generated sections of
-// docs/benchmarks.md. Run it as `go tool task bench`, which generates the
+// docs/benchmarks.md. Run it as `go tool -modfile=tools/task/go.mod task bench`, which generates the
 // corpus and sets OTTER_CORPUS.
 //
 // Each command runs as its own process, -runs times after one warm-up run
@@ -105,7 +105,7 @@ var withBsdiff bool
 func run(runs int, release, write, only string) error {
 	corpus := os.Getenv("OTTER_CORPUS")
 	if corpus == "" {
-		return fmt.Errorf("OTTER_CORPUS is not set (run it as `go tool task bench`)")
+		return fmt.Errorf("OTTER_CORPUS is not set (run it as `go tool -modfile=tools/task/go.mod task bench`)")
 	}
 	dir := filepath.Join(corpus, release)
 	rootBytes, err := os.ReadFile(filepath.Join(dir, "root"))

@@ -30,9 +30,9 @@ func Require(t testing.TB, ok bool, what string) {
 		return
 	}
 	if os.Getenv("CI") != "" || os.Getenv("OTTER_REQUIRE_ALL") != "" {
-		t.Fatalf("%s is missing; run the tests through `go tool task test`, which sets it up", what)
+		t.Fatalf("%s is missing; run the tests through `go tool -modfile=tools/task/go.mod task test`, which sets it up", what)
 	}
-	t.Skipf("%s is missing; `go tool task test` sets it up", what)
+	t.Skipf("%s is missing; `go tool -modfile=tools/task/go.mod task test` sets it up", what)
 }
 
 // Tool returns the path of a command-line tool: from .bin at the
