@@ -6,6 +6,7 @@
 package device
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,7 +68,7 @@ type Device struct {
 
 // Open locks the state directory (one otter at a time) and finishes or
 // undoes whatever an interrupted command left.
-func Open(c Config) (*Device, *Recovery, error) {
+func Open(ctx context.Context, c Config) (*Device, *Recovery, error) {
 	if c.Store == "" {
 		c.Store = nix.StoreDir
 	}
@@ -105,7 +106,7 @@ func Open(c Config) (*Device, *Recovery, error) {
 		return nil, nil, fmt.Errorf("%w (%s is locked)", ErrBusy, c.State)
 	}
 	d := &Device{c: c, lock: f}
-	rec, err := d.recover()
+	rec, err := d.recover(ctx)
 	if err != nil {
 		f.Close()
 		return nil, nil, err

@@ -1,12 +1,12 @@
 package device
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
 )
@@ -52,7 +52,7 @@ type Recovery struct {
 // (downloads stay for the next try); after the switch but before the
 // health check passed, current goes back to the old generation; after
 // it passed, the clean-up is finished.
-func (d *Device) recover() (*Recovery, error) {
+func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 	d.removeLeftovers()
 	var j journal
 	ok, err := d.readJSON("journal.json", &j)
@@ -81,7 +81,7 @@ func (d *Device) recover() (*Recovery, error) {
 				return nil, err
 			}
 			if j.From > 0 {
-				_ = d.activate(j.From) // the old release was working before
+				_ = d.activate(ctx, j.From) // the old release was working before
 			}
 		}
 		if err := d.dropGeneration(j.To); err != nil {
@@ -134,11 +134,17 @@ func (d *Device) dropGeneration(n int) error {
 	return d.syncDir(d.path("generations"))
 }
 
-// crashPoint kills the process where OTTER_TEST_CRASH names the point:
-// the power-loss tests use it to stop an update at every phase.
+// testHook, when set, runs at every named point of an update and a gc.
+var testHook func(point string)
+
+// SetTestHook makes fn run at each named point of an update or a gc
+// (docs/device.md: phase-fetch, fetched, …, committed, renamed.otter-gc-),
+// for power-loss tests that kill the process there. nil, the default,
+// does nothing; the otter binary never sets it.
+func SetTestHook(fn func(point string)) { testHook = fn }
+
 func crashPoint(name string) {
-	if v := os.Getenv("OTTER_TEST_CRASH"); v != "" && v == name {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
+	if testHook != nil {
+		testHook(name)
 	}
 }

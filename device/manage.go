@@ -1,6 +1,7 @@
 package device
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -87,7 +88,7 @@ func (d *Device) GC() ([]string, error) { return d.gc() }
 
 // Rollback switches to the newest generation older than the current one
 // and activates it.
-func (d *Device) Rollback() (*Outcome, error) {
+func (d *Device) Rollback(ctx context.Context) (*Outcome, error) {
 	cur, err := d.current()
 	if err != nil {
 		return nil, err
@@ -113,7 +114,7 @@ func (d *Device) Rollback() (*Outcome, error) {
 		return nil, err
 	}
 	o := Outcome{Action: "rollback", Target: g.Digest, From: cur, To: prev, Result: "ok"}
-	if err := d.activate(prev); err != nil {
+	if err := d.activate(ctx, prev); err != nil {
 		o.Result, o.Reason = "failed", "activation: "+err.Error()
 	}
 	if err := d.record(o); err != nil {

@@ -278,12 +278,12 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return nil, err
 	}
 	crashPoint("switched")
-	if err := d.activate(to); err != nil {
-		return d.rollBackFailed(j, failed, fmt.Errorf("%w: %v", ErrActivation, err))
+	if err := d.activate(ctx, to); err != nil {
+		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: %v", ErrActivation, err))
 	}
 	crashPoint("activated")
-	if err := d.healthCheck(to); err != nil {
-		return d.rollBackFailed(j, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
+	if err := d.healthCheck(ctx, to); err != nil {
+		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
 	}
 	crashPoint("healthy")
 	if err := d.setPhase(j, phaseCommit); err != nil {
@@ -328,12 +328,13 @@ func noSpace(err error) error {
 
 // rollBackFailed puts the old generation back after the new one failed
 // to activate or to pass its health check, and remembers the release.
-func (d *Device) rollBackFailed(j *journal, failed map[string]string, cause error) (*UpdateResult, error) {
+func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[string]string, cause error) (*UpdateResult, error) {
 	if err := d.switchTo(j.From); err != nil {
 		return nil, err
 	}
 	if j.From > 0 {
-		if err := d.activate(j.From); err != nil {
+		// Stopped (SIGTERM) or not, the old release is activated again.
+		if err := d.activate(context.WithoutCancel(ctx), j.From); err != nil {
 			cause = fmt.Errorf("%w; reactivating generation %d also failed: %v", cause, j.From, err)
 		}
 	}
@@ -506,11 +507,13 @@ func (d *Device) writeGeneration(n int, manifest, config, envelope []byte) error
 }
 
 // activate runs the activation command for generation n.
-func (d *Device) activate(n int) error { return d.run(d.c.Activate, n) }
+func (d *Device) activate(ctx context.Context, n int) error { return d.run(ctx, d.c.Activate, n) }
 
-func (d *Device) healthCheck(n int) error { return d.run(d.c.Health, n) }
+func (d *Device) healthCheck(ctx context.Context, n int) error { return d.run(ctx, d.c.Health, n) }
 
-func (d *Device) run(argv []string, n int) error {
+// run runs a command for generation n within the health timeout; a
+// cancelled ctx (SIGTERM) stops it at once.
+func (d *Device) run(ctx context.Context, argv []string, n int) error {
 	if len(argv) == 0 {
 		return nil
 	}
@@ -518,7 +521,7 @@ func (d *Device) run(argv []string, n int) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d.c.HealthTimeout)
+	ctx, cancel := context.WithTimeout(ctx, d.c.HealthTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "OTTER_GENERATION="+strconv.Itoa(n), "OTTER_ROOT="+filepath.Join(d.c.Store, filepath.Base(g.Root)),
@@ -527,6 +530,9 @@ func (d *Device) run(argv []string, n int) error {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = time.Second
 	err = cmd.Run()
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("%s stopped: %w", argv[0], ctx.Err())
+	}
 	if ctx.Err() == context.DeadlineExceeded {
 		return fmt.Errorf("%s did not finish within %v", argv[0], d.c.HealthTimeout)
 	}

@@ -61,7 +61,7 @@ func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.
 		}
 		cfg.Trust = t
 	}
-	d, rec, err := device.Open(cfg)
+	d, rec, err := device.Open(c.Context, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -198,7 +198,7 @@ func rollbackCommand() *cli.Command {
 		Usage: "switch back to the previous generation and activate it",
 		Flags: deviceFlags(),
 		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, _ *device.Recovery) error {
-			o, err := d.Rollback()
+			o, err := d.Rollback(c.Context)
 			if err != nil {
 				return err
 			}

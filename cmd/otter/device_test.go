@@ -174,7 +174,6 @@ func TestDeviceUpdates(t *testing.T) {
 func TestDevicePowerLoss(t *testing.T) {
 	base := "oci:" + filepath.Join(t.TempDir(), "l")
 	trust, digests, closures := fleet(t, base, 2)
-	bin := otterBinary(t)
 	template := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
 	otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":r1", "--no-fsync"}, template.args()...)...)
 
@@ -213,10 +212,8 @@ func TestDevicePowerLoss(t *testing.T) {
 		}
 		testutil.VerifyStore(t, closures[1], d.store)
 	}
-	run := func(d deviceDirs, env string) *exec.Cmd {
-		cmd := exec.Command(bin, append([]string{"update", base + ":r2", "-q", "--health-check", "sleep 0.05"}, d.args()...)...)
-		cmd.Env = append(os.Environ(), env)
-		return cmd
+	run := func(d deviceDirs, point string) *exec.Cmd {
+		return crashingOtter(t, point, append([]string{"update", base + ":r2", "-q", "--health-check", "sleep 0.05"}, d.args()...)...)
 	}
 
 	points := []string{"phase-fetch", "fetched", "phase-apply", "applied", "generation", "phase-switch", "switched",
@@ -224,7 +221,7 @@ func TestDevicePowerLoss(t *testing.T) {
 	for _, p := range points {
 		t.Run(p, func(t *testing.T) {
 			d := fresh(t)
-			err := run(d, "OTTER_TEST_CRASH="+p).Run()
+			err := run(d, p).Run()
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != -1 {
 				t.Fatalf("update was not killed at %s: %v", p, err)
 			}
@@ -240,7 +237,7 @@ func TestDevicePowerLoss(t *testing.T) {
 		delay := time.Duration(rng.Intn(250)) * time.Millisecond
 		t.Run(fmt.Sprintf("random-%d-%v", i, delay), func(t *testing.T) {
 			d := fresh(t)
-			cmd := run(d, "OTTER_TEST_CRASH=")
+			cmd := run(d, "")
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -257,7 +254,7 @@ func TestDevicePowerLoss(t *testing.T) {
 // refused while the state is locked.
 func TestDeviceBusy(t *testing.T) {
 	state := t.TempDir()
-	d, _, err := device.Open(device.Config{Store: testutil.TempStore(t), State: state})
+	d, _, err := device.Open(context.Background(), device.Config{Store: testutil.TempStore(t), State: state})
 	if err != nil {
 		t.Fatal(err)
 	}

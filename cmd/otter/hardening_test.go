@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,8 +100,7 @@ func TestKilledGC(t *testing.T) {
 		otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":" + r}, d.args()...)...)
 	}
 	before, _ := os.ReadDir(d.store)
-	cmd := exec.Command(otterBinary(t), append([]string{"gc", "-q"}, d.args("--keep", "1")...)...)
-	cmd.Env = append(os.Environ(), "OTTER_TEST_CRASH=renamed.otter-gc-")
+	cmd := crashingOtter(t, "renamed.otter-gc-", append([]string{"gc", "-q"}, d.args("--keep", "1")...)...)
 	if err := cmd.Run(); err == nil {
 		t.Fatal("gc was not killed after renaming a store path")
 	}
@@ -331,3 +331,43 @@ func TestArchiveBounds(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestSIGTERMStopsTheHealthCheck: a device command passes its context to
+// activation and the health check, so SIGTERM stops a long health check
+// at once instead of waiting out its timeout; the device goes back to
+// its release.
+func TestSIGTERMStopsTheHealthCheck(t *testing.T) {
+	base, _, trust, digests := layoutFleet(t, 2)
+	d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+	otterJSON(t, &device.UpdateResult{}, append([]string{"update", base + ":r1"}, d.args()...)...)
+	cmd := crashingOtter(t, "", append([]string{"update", base + ":r2", "-q", "--health-check", "sleep 60", "--health-timeout", "2m"}, d.args()...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the health check to be running: the journal says switch.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		raw, _ := os.ReadFile(filepath.Join(d.state, "journal.json"))
+		if strings.Contains(string(raw), `"switch"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the update never reached its health check")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("SIGTERM took %v to stop the update", took)
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {
+		t.Fatalf("a stopped update exited %v", err)
+	}
+	if st := status(t, d); st.Current == nil || st.Current.Digest != digests[0] {
+		t.Fatalf("after SIGTERM the device is on %+v", st.Current)
+	}
+}
