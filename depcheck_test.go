@@ -6,16 +6,31 @@ import (
 	"testing"
 )
 
+const (
+	cliPkg    = "github.com/urfave/cli/v2"
+	remotePkg = "github.com/google/go-containerregistry/pkg/v1/remote"
+	httpPkg   = "net/http"
+	otterPkg  = "github.com/otter-fleet/otter/"
+)
+
 // TestDependencyFences keeps the library packages free of what belongs
-// elsewhere: only cmd/ speaks urfave/cli, and the format packages (nix,
-// sign, delta) never reach a registry.
+// elsewhere: only cmd/ speaks urfave/cli; the format packages (nix, sign,
+// delta) and the SD-card writer never reach a network; the device state
+// knows no registry, patch or signature; the transport (oci) holds no
+// verification policy.
 func TestDependencyFences(t *testing.T) {
 	fences := map[string][]string{
-		"./nix":    {"net/http", "github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
-		"./bundle": {"github.com/urfave/cli/v2"},
-		"./build":  {"github.com/urfave/cli/v2", "net/http"},
-		"./sign":   {"net/http", "github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
-		"./delta":  {"github.com/google/go-containerregistry/pkg/v1/remote", "github.com/urfave/cli/v2"},
+		"./nix":             {httpPkg, remotePkg, cliPkg},
+		"./bundle":          {httpPkg, remotePkg, cliPkg},
+		"./build":           {cliPkg, httpPkg},
+		"./sign":            {httpPkg, remotePkg, cliPkg},
+		"./delta":           {httpPkg, remotePkg, cliPkg},
+		"./image":           {httpPkg, remotePkg, cliPkg, otterPkg + "oci", otterPkg + "device", otterPkg + "delta", otterPkg + "sign"},
+		"./state":           {httpPkg, remotePkg, cliPkg, otterPkg + "oci", otterPkg + "delta", otterPkg + "sign", otterPkg + "device"},
+		"./oci":             {cliPkg, otterPkg + "sign"},
+		"./device":          {cliPkg},
+		"./pipelines":       {cliPkg},
+		"./internal/fsutil": {httpPkg, cliPkg},
 	}
 	for pkg, banned := range fences {
 		out, err := exec.Command("go", "list", "-deps", pkg).Output()

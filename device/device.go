@@ -7,14 +7,9 @@ package device
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -23,6 +18,7 @@ import (
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
+	"github.com/otter-fleet/otter/state"
 )
 
 // Errors of device operations.
@@ -33,7 +29,7 @@ var (
 	ErrKnownBad    = errors.New("device: this release failed here before")
 	ErrNoSpace     = errors.New("device: not enough free space")
 	ErrNoPrevious  = errors.New("device: no earlier generation to roll back to")
-	ErrState       = errors.New("device: state directory is damaged")
+	ErrState       = state.ErrDamaged
 )
 
 // Config says where the device keeps things and what it trusts.
@@ -63,6 +59,7 @@ type Config struct {
 // Device is an opened device state; it holds the state lock.
 type Device struct {
 	c    Config
+	st   *state.Dir
 	lock *os.File
 }
 
@@ -87,17 +84,19 @@ func Open(ctx context.Context, c Config) (*Device, *Recovery, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	for _, dir := range []string{c.Store, c.State, filepath.Join(c.State, "generations"), filepath.Join(c.State, "downloads")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, nil, err
-		}
+	if err := os.MkdirAll(c.Store, 0o755); err != nil {
+		return nil, nil, err
+	}
+	st, err := state.Open(c.State, c.NoFsync)
+	if err != nil {
+		return nil, nil, err
 	}
 	// O_NOFOLLOW: a symlinked lock must not make otter create or open the
 	// file it points at.
-	f, err := os.OpenFile(filepath.Join(c.State, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+	f, err := os.OpenFile(st.Path("lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
-			return nil, nil, fmt.Errorf("%w: %s is a symlink", ErrState, filepath.Join(c.State, "lock"))
+			return nil, nil, fmt.Errorf("%w: %s is a symlink", ErrState, st.Path("lock"))
 		}
 		return nil, nil, err
 	}
@@ -105,7 +104,7 @@ func Open(ctx context.Context, c Config) (*Device, *Recovery, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("%w (%s is locked)", ErrBusy, c.State)
 	}
-	d := &Device{c: c, lock: f}
+	d := &Device{c: c, st: st, lock: f}
 	rec, err := d.recover(ctx)
 	if err != nil {
 		f.Close()
@@ -117,11 +116,7 @@ func Open(ctx context.Context, c Config) (*Device, *Recovery, error) {
 // Close releases the lock.
 func (d *Device) Close() error { return d.lock.Close() }
 
-func (d *Device) path(p ...string) string {
-	return filepath.Join(append([]string{d.c.State}, p...)...)
-}
-
-// Generation is one installed release.
+// Generation is one installed release, as otter status shows it.
 type Generation struct {
 	Number  int            `json:"number"`
 	Digest  string         `json:"digest"`
@@ -132,41 +127,15 @@ type Generation struct {
 	Damaged string `json:"damaged,omitempty"`
 }
 
-func (d *Device) genDir(n int) string { return d.path("generations", strconv.Itoa(n)) }
-
-// generations lists the complete generations, oldest first.
-func (d *Device) generations() ([]int, error) {
-	ents, err := os.ReadDir(d.path("generations"))
+// loadGeneration reads generation n and its statement. The statement was
+// verified when the generation was made; it is read back without a trust
+// root.
+func (d *Device) loadGeneration(n int) (*Generation, error) {
+	g, err := d.st.Load(n)
 	if err != nil {
 		return nil, err
 	}
-	var out []int
-	for _, e := range ents {
-		if n, err := strconv.Atoi(e.Name()); err == nil && n > 0 && strconv.Itoa(n) == e.Name() {
-			out = append(out, n)
-		}
-	}
-	sort.Ints(out)
-	return out, nil
-}
-
-// loadGeneration reads generation n. Its files were checked when it was
-// made; they are read back without a trust root.
-func (d *Device) loadGeneration(n int) (*Generation, error) {
-	dir := d.genDir(n)
-	raw, err := readState(filepath.Join(dir, "config.json"))
-	if err != nil {
-		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
-	}
-	cfg, err := bundle.ParseConfig(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
-	}
-	env, err := readState(filepath.Join(dir, "release.json"))
-	if err != nil {
-		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
-	}
-	e, err := sign.ParseEnvelope(env)
+	e, err := sign.ParseEnvelope(g.Envelope)
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
 	}
@@ -174,43 +143,7 @@ func (d *Device) loadGeneration(n int) (*Generation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrState, n, err)
 	}
-	return &Generation{Number: n, Digest: r.Digest, Root: cfg.Root, Release: r, Config: cfg}, nil
-}
-
-// current is the generation the current link names; 0 when none.
-func (d *Device) current() (int, error) {
-	t, err := os.Readlink(d.path("current"))
-	if os.IsNotExist(err) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(filepath.Base(t))
-	if err != nil || t != filepath.Join("generations", strconv.Itoa(n)) {
-		return 0, fmt.Errorf("%w: current points at %q", ErrState, t)
-	}
-	return n, nil
-}
-
-// switchTo points current at generation n (0: no current) atomically:
-// a new link renamed over the old one, then the directory synced.
-func (d *Device) switchTo(n int) error {
-	if n == 0 {
-		if err := os.Remove(d.path("current")); err != nil && !os.IsNotExist(err) {
-			return err
-		}
-		return d.syncDir(d.c.State)
-	}
-	tmp := d.path(".current.tmp")
-	os.Remove(tmp)
-	if err := os.Symlink(filepath.Join("generations", strconv.Itoa(n)), tmp); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, d.path("current")); err != nil {
-		return err
-	}
-	return d.syncDir(d.c.State)
+	return &Generation{Number: n, Digest: g.Digest, Root: g.Root, Release: r, Config: g.Config}, nil
 }
 
 func (d *Device) syncDir(dir string) error {
@@ -220,96 +153,10 @@ func (d *Device) syncDir(dir string) error {
 	return fsutil.SyncDir(dir)
 }
 
-// writeJSON replaces a state file atomically.
-func (d *Device) writeJSON(name string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return fsutil.AtomicWrite(d.path(name), append(b, '\n'), 0o644)
-}
-
-func (d *Device) readJSON(name string, v any) (bool, error) {
-	b, err := readState(d.path(name))
-	if os.IsNotExist(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return false, fmt.Errorf("%w: %s: %v", ErrState, name, err)
-	}
-	return true, nil
-}
-
-func (d *Device) removeState(name string) error {
-	if err := os.Remove(d.path(name)); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	return d.syncDir(d.c.State)
-}
-
 // Outcome is how the last update (or rollback) ended.
-type Outcome struct {
-	Action string `json:"action"` // update, rollback, recover
-	Target string `json:"target,omitempty"`
-	From   int    `json:"from"`
-	To     int    `json:"to"`
-	Result string `json:"result"` // ok, failed, interrupted, rolled-back
-	Reason string `json:"reason,omitempty"`
-	Time   string `json:"time"`
-}
+type Outcome = state.Outcome
 
-func (d *Device) record(o Outcome) error {
-	o.Time = sign.FormatTime(d.c.Now())
-	return d.writeJSON("last.json", o)
-}
+func (d *Device) record(o Outcome) error { return d.st.Record(o, d.c.Now()) }
 
 // SetProgress sets the download progress callback.
 func (d *Device) SetProgress(p bundle.Progress) { d.c.Progress = p }
-
-// Provision writes a device state holding one release as generation 1,
-// current: what an SD-card image carries. storeOnDevice is where the
-// device will see the store (the generation's root link points there);
-// envelope is the release's signed statement.
-func Provision(state, storeOnDevice string, manifest, config, envelope []byte) error {
-	for _, dir := range []string{state, filepath.Join(state, "generations"), filepath.Join(state, "downloads")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-	}
-	cfg, err := bundle.ParseConfig(config)
-	if err != nil {
-		return err
-	}
-	// The bundle's own time, so the same bundle gives the same state.
-	created, err := cfg.CreatedTime()
-	if err != nil {
-		return err
-	}
-	d := &Device{c: Config{State: state, Store: storeOnDevice, NoFsync: true, Now: func() time.Time { return created }}}
-	if err := d.writeGeneration(1, manifest, config, envelope); err != nil {
-		return err
-	}
-	if err := d.switchTo(1); err != nil {
-		return err
-	}
-	return d.record(Outcome{Action: "provision", From: 0, To: 1, Result: "ok"})
-}
-
-// readState reads a state file, never through a symlink.
-func readState(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%w: %s is a symlink", ErrState, p)
-		}
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, maxStateFile))
-}
-
-// maxStateFile bounds what otter reads of one state file.
-const maxStateFile = 64 << 20

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/state"
 )
 
 // Phases of an update, as the journal records them (docs/device.md).
@@ -33,7 +33,7 @@ type journal struct {
 
 func (d *Device) setPhase(j *journal, phase string) error {
 	j.Phase = phase
-	if err := d.writeJSON("journal.json", j); err != nil {
+	if err := d.st.WriteJSON(state.Journal, j); err != nil {
 		return err
 	}
 	crashPoint("phase-" + phase)
@@ -55,7 +55,7 @@ type Recovery struct {
 func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 	d.removeLeftovers()
 	var j journal
-	ok, err := d.readJSON("journal.json", &j)
+	ok, err := d.st.ReadJSON(state.Journal, &j)
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -64,7 +64,7 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 	case phaseFetch, phaseApply:
 		rec.Action = "discarded"
 		if j.To > 0 {
-			if err := d.dropGeneration(j.To); err != nil {
+			if err := d.st.Drop(j.To); err != nil {
 				return nil, err
 			}
 		}
@@ -72,19 +72,19 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 			Reason: fmt.Sprintf("interrupted while in phase %q; still on generation %d; downloads kept", j.Phase, j.From)})
 	case phaseSwitch:
 		rec.Action = "rolled-back"
-		cur, err := d.current()
+		cur, err := d.st.Current()
 		if err != nil {
 			return nil, err
 		}
 		if cur != j.From {
-			if err := d.switchTo(j.From); err != nil {
+			if err := d.st.Switch(j.From); err != nil {
 				return nil, err
 			}
 			if j.From > 0 {
 				_ = d.activate(ctx, j.From) // the old release was working before
 			}
 		}
-		if err := d.dropGeneration(j.To); err != nil {
+		if err := d.st.Drop(j.To); err != nil {
 			return nil, err
 		}
 		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "interrupted",
@@ -101,37 +101,19 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rec, d.removeState("journal.json")
+	return rec, d.st.Remove(state.Journal)
 }
 
-// removeLeftovers deletes half-made things no journal needs: a generation
-// being written, the temporary current link, staging in the store.
+// removeLeftovers deletes half-made things no journal needs: in the
+// state directory, and staging or half-removed paths in the store.
 func (d *Device) removeLeftovers() {
-	ents, _ := os.ReadDir(d.path("generations"))
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".new-") || strings.HasPrefix(e.Name(), ".gc-") {
-			fsutil.RemoveAll(d.path("generations", e.Name()))
-		}
-	}
-	os.Remove(d.path(".current.tmp"))
-	ents, _ = os.ReadDir(d.c.Store)
+	d.st.RemoveLeftovers()
+	ents, _ := os.ReadDir(d.c.Store)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".otter-") {
 			fsutil.RemoveAll(filepath.Join(d.c.Store, e.Name()))
 		}
 	}
-}
-
-// dropGeneration removes generation n unless current names it.
-func (d *Device) dropGeneration(n int) error {
-	if cur, err := d.current(); err != nil || cur == n {
-		return err
-	}
-	err := removeRenamed(d.path("generations"), strconv.Itoa(n), ".gc-")
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	return d.syncDir(d.path("generations"))
 }
 
 // testHook, when set, runs at every named point of an update and a gc.
@@ -141,7 +123,7 @@ var testHook func(point string)
 // (docs/device.md: phase-fetch, fetched, …, committed, renamed.otter-gc-),
 // for power-loss tests that kill the process there. nil, the default,
 // does nothing; the otter binary never sets it.
-func SetTestHook(fn func(point string)) { testHook = fn }
+func SetTestHook(fn func(point string)) { testHook, state.Hook = fn, fn }
 
 func crashPoint(name string) {
 	if testHook != nil {

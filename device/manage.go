@@ -9,19 +9,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/state"
 )
 
 // gc keeps the current generation and the newest others, Keep in all, and
 // removes every store path none of them uses. It runs only without an
 // update in progress before the commit (the caller holds the lock).
 func (d *Device) gc() ([]string, error) {
-	gens, err := d.generations()
+	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.current()
+	cur, err := d.st.Current()
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +33,7 @@ func (d *Device) gc() ([]string, error) {
 	live := map[string]bool{}
 	for _, n := range gens {
 		if !keep[n] {
-			if err := removeRenamed(d.path("generations"), strconv.Itoa(n), ".gc-"); err != nil {
+			if err := state.RemoveRenamed(d.st.Path("generations"), strconv.Itoa(n), ".gc-"); err != nil {
 				return nil, err
 			}
 			continue
@@ -46,7 +46,7 @@ func (d *Device) gc() ([]string, error) {
 			live[filepath.Base(p.Path)] = true
 		}
 	}
-	if err := d.syncDir(d.path("generations")); err != nil {
+	if err := d.syncDir(d.st.Path("generations")); err != nil {
 		return nil, err
 	}
 	if len(live) == 0 {
@@ -62,25 +62,12 @@ func (d *Device) gc() ([]string, error) {
 		if live[name] || nix.ValidateStorePath(nix.StoreDir+"/"+name) != nil {
 			continue // only store paths; never anything else in the directory
 		}
-		if err := removeRenamed(d.c.Store, name, ".otter-gc-"); err != nil {
+		if err := state.RemoveRenamed(d.c.Store, name, ".otter-gc-"); err != nil {
 			return nil, err
 		}
 		collected = append(collected, nix.StoreDir+"/"+name)
 	}
 	return collected, d.syncDir(d.c.Store)
-}
-
-// removeRenamed removes dir/name by first renaming it to dir/prefix+name,
-// out of the namespace anything reads, then removing that: a removal
-// cut short leaves no half-deleted tree under its real name, and the next
-// recovery finishes it.
-func removeRenamed(dir, name, prefix string) error {
-	tmp := filepath.Join(dir, prefix+name)
-	if err := os.Rename(filepath.Join(dir, name), tmp); err != nil {
-		return err
-	}
-	crashPoint("renamed" + prefix)
-	return fsutil.RemoveAll(tmp)
 }
 
 // GC collects old generations and unused store paths.
@@ -89,11 +76,11 @@ func (d *Device) GC() ([]string, error) { return d.gc() }
 // Rollback switches to the newest generation older than the current one
 // and activates it.
 func (d *Device) Rollback(ctx context.Context) (*Outcome, error) {
-	cur, err := d.current()
+	cur, err := d.st.Current()
 	if err != nil {
 		return nil, err
 	}
-	gens, err := d.generations()
+	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +97,7 @@ func (d *Device) Rollback(ctx context.Context) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.switchTo(prev); err != nil {
+	if err := d.st.Switch(prev); err != nil {
 		return nil, err
 	}
 	o := Outcome{Action: "rollback", Target: g.Digest, From: cur, To: prev, Result: "ok"}
@@ -143,11 +130,11 @@ type Status struct {
 // Status reads the device state.
 func (d *Device) Status() (*Status, error) {
 	s := &Status{Store: d.c.Store, State: d.c.State, Generations: []*Generation{}, Downloads: []string{}}
-	gens, err := d.generations()
+	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err
 	}
-	cur, err := d.current()
+	cur, err := d.st.Current()
 	if err != nil {
 		return nil, err
 	}
@@ -174,15 +161,15 @@ func (d *Device) Status() (*Status, error) {
 		}
 	}
 	var last Outcome
-	if ok, err := d.readJSON("last.json", &last); err != nil {
+	if ok, err := d.st.ReadJSON(state.Last, &last); err != nil {
 		return nil, err
 	} else if ok {
 		s.Last = &last
 	}
-	if _, err := d.readJSON("failed.json", &s.Failed); err != nil {
+	if _, err := d.st.ReadJSON(state.Failed, &s.Failed); err != nil {
 		return nil, err
 	}
-	ents, _ := os.ReadDir(d.path("downloads"))
+	ents, _ := os.ReadDir(d.st.Path("downloads"))
 	for _, e := range ents {
 		if strings.HasSuffix(e.Name(), ".part") {
 			s.Downloads = append(s.Downloads, e.Name())
@@ -193,7 +180,7 @@ func (d *Device) Status() (*Status, error) {
 
 // Current returns the current generation, nil when nothing is installed.
 func (d *Device) Current() (*Generation, error) {
-	cur, err := d.current()
+	cur, err := d.st.Current()
 	if err != nil || cur == 0 {
 		return nil, err
 	}

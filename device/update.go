@@ -24,10 +24,11 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
-	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
+	"github.com/otter-fleet/otter/state"
 )
 
 // UpdateOptions tune one update.
@@ -76,7 +77,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err != nil {
 		return nil, err
 	}
-	from, err := d.current()
+	from, err := d.st.Current()
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +93,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			// verified again, and a refusal is reported.
 			policy := d.policy(digest, installed)
 			err := d.retry(ctx, func() error {
-				_, _, err := oci.VerifiedRelease(ctx, ref, digest, policy, d.c.IO...)
+				_, _, err := release.Verify(ctx, ref, digest, policy, d.c.IO...)
 				return err
 			})
 			if err != nil {
@@ -106,7 +107,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		}
 	}
 	failed := map[string]string{}
-	if _, err := d.readJSON("failed.json", &failed); err != nil {
+	if _, err := d.st.ReadJSON(state.Failed, &failed); err != nil {
 		return nil, err
 	}
 	if why, bad := failed[digest.String()]; bad && !o.Retry {
@@ -118,13 +119,13 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	j := &journal{Target: digest.String(), From: from}
 	fail := func(err error) (*UpdateResult, error) {
 		if j.To > 0 {
-			if derr := d.dropGeneration(j.To); derr != nil {
+			if derr := d.st.Drop(j.To); derr != nil {
 				return nil, errors.Join(err, derr)
 			}
 		}
 		err = noSpace(err)
 		d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()})
-		if rerr := d.removeState("journal.json"); rerr != nil {
+		if rerr := d.st.Remove(state.Journal); rerr != nil {
 			return nil, errors.Join(err, rerr)
 		}
 		return nil, err
@@ -135,21 +136,21 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	policy := d.policy(digest, installed)
 	var (
 		envelope []byte
-		release  *sign.Release
+		stmt     *sign.Release
 	)
 	err = d.retry(ctx, func() (err error) {
-		envelope, release, err = oci.VerifiedRelease(ctx, ref, digest, policy, d.c.IO...)
+		envelope, stmt, err = release.Verify(ctx, ref, digest, policy, d.c.IO...)
 		return err
 	})
 	if err != nil {
 		return fail(err)
 	}
-	res.Version = release.Version
+	res.Version = stmt.Version
 
 	if err := d.setPhase(j, phaseFetch); err != nil {
 		return nil, err
 	}
-	dl := d.path("downloads")
+	dl := d.st.Path("downloads")
 	plan, err := d.planLayers(img)
 	if err != nil {
 		return fail(err)
@@ -158,46 +159,47 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		patchFile, patchDigest string
 		target                 *delta.Target
 	)
-	if o.Method == "patch" && installed == nil {
-		return fail(fmt.Errorf("%w: nothing is installed", ErrNoPatch))
-	}
+	var p *v1.Descriptor
 	if installed != nil && o.Method != "layers" {
-		var p *v1.Descriptor
 		err := d.retry(ctx, func() (err error) {
-			p, err = d.findPatch(ctx, ref, digest, installed.Digest, policy)
+			p, err = release.FindPatch(ctx, ref, digest, installed.Digest, policy, d.c.IO...)
 			return err
 		})
 		if err != nil {
 			return fail(err)
 		}
-		if p == nil && o.Method == "patch" {
-			return fail(fmt.Errorf("%w %s to %s", ErrNoPatch, installed.Digest, digest))
+	}
+	method, err := ChooseMethod(o.Method, installed != nil, p, plan.bytes)
+	if err != nil {
+		if installed != nil {
+			err = fmt.Errorf("%w: %s to %s", err, installed.Digest, digest)
 		}
-		if p != nil && (o.Method == "patch" || o.Method == "" && p.Size < plan.bytes) {
-			res.Method, res.Download, patchDigest = "patch", p.Size, p.Digest.String()
-			if err := d.checkSpace(p.Size, 0); err != nil {
-				return fail(err)
-			}
-			patchFile = filepath.Join(dl, p.Digest.Hex+".patch")
-			fr, err := oci.FetchBlob(ctx, ref, *p, patchFile, d.c.Stall, d.ioWithProgress()...)
-			if fr != nil {
-				res.Transferred += fr.Transferred
-			}
-			if err != nil {
-				return fail(fmt.Errorf("downloading the patch: %w", err))
-			}
-			// The patch carries the target's config: no need to fetch it.
-			if target, err = delta.ReadTarget(patchFile); err != nil {
-				os.Remove(patchFile)
-				return fail(fmt.Errorf("the downloaded patch: %w", err))
-			}
-			if got := "sha256:" + sha256Hex(target.Manifest); got != digest.String() {
-				os.Remove(patchFile)
-				return fail(fmt.Errorf("%w: the patch builds %s, not %s", delta.ErrFormat, got, digest))
-			}
-			if err := d.checkSpace(0, d.missingNar(target.Config)); err != nil {
-				return fail(err)
-			}
+		return fail(err)
+	}
+	if method == "patch" {
+		res.Method, res.Download, patchDigest = "patch", p.Size, p.Digest.String()
+		if err := d.checkSpace(p.Size, 0); err != nil {
+			return fail(err)
+		}
+		patchFile = filepath.Join(dl, p.Digest.Hex+".patch")
+		fr, err := oci.FetchBlob(ctx, ref, *p, patchFile, d.c.Stall, d.ioWithProgress()...)
+		if fr != nil {
+			res.Transferred += fr.Transferred
+		}
+		if err != nil {
+			return fail(fmt.Errorf("downloading the patch: %w", err))
+		}
+		// The patch carries the target's config: no need to fetch it.
+		if target, err = delta.ReadTarget(patchFile); err != nil {
+			os.Remove(patchFile)
+			return fail(fmt.Errorf("the downloaded patch: %w", err))
+		}
+		if got := "sha256:" + sha256Hex(target.Manifest); got != digest.String() {
+			os.Remove(patchFile)
+			return fail(fmt.Errorf("%w: the patch builds %s, not %s", delta.ErrFormat, got, digest))
+		}
+		if err := d.checkSpace(0, d.missingNar(target.Config)); err != nil {
+			return fail(err)
 		}
 	}
 	var cfg *bundle.Config
@@ -255,7 +257,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	crashPoint("applied")
 
 	// The new generation, complete before anything names it.
-	gens, err := d.generations()
+	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err
 	}
@@ -267,14 +269,14 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.setPhase(j, phaseApply); err != nil {
 		return nil, err
 	}
-	if err := d.writeGeneration(to, manifest, config, envelope); err != nil {
+	if err := d.st.Write(to, d.c.Store, manifest, config, envelope); err != nil {
 		return fail(err)
 	}
 	crashPoint("generation")
 	if err := d.setPhase(j, phaseSwitch); err != nil {
 		return nil, err
 	}
-	if err := d.switchTo(to); err != nil {
+	if err := d.st.Switch(to); err != nil {
 		return nil, err
 	}
 	crashPoint("switched")
@@ -305,7 +307,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return nil, err
 	}
 	crashPoint("committed")
-	return res, d.removeState("journal.json")
+	return res, d.st.Remove(state.Journal)
 }
 
 // policy is what a statement for digest must satisfy on this device.
@@ -326,10 +328,34 @@ func noSpace(err error) error {
 	return err
 }
 
+// ChooseMethod decides how an update downloads (docs/device.md §2,
+// step 4): "patch" when a signed patch from the installed release exists
+// and is forced (method "patch") or smaller than the layers the store
+// lacks (method ""); "layers" otherwise. A forced patch without one (or
+// without anything installed) is ErrNoPatch.
+func ChooseMethod(method string, installed bool, patch *v1.Descriptor, layerBytes int64) (string, error) {
+	switch method {
+	case "", "patch", "layers":
+	default:
+		return "", fmt.Errorf("device: method %q: patch, layers or empty", method)
+	}
+	switch {
+	case method == "layers":
+		return "layers", nil
+	case method == "patch" && !installed:
+		return "", fmt.Errorf("%w: nothing is installed", ErrNoPatch)
+	case method == "patch" && patch == nil:
+		return "", ErrNoPatch
+	case patch != nil && (method == "patch" || patch.Size < layerBytes):
+		return "patch", nil
+	}
+	return "layers", nil
+}
+
 // rollBackFailed puts the old generation back after the new one failed
 // to activate or to pass its health check, and remembers the release.
 func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[string]string, cause error) (*UpdateResult, error) {
-	if err := d.switchTo(j.From); err != nil {
+	if err := d.st.Switch(j.From); err != nil {
 		return nil, err
 	}
 	if j.From > 0 {
@@ -338,59 +364,20 @@ func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[stri
 			cause = fmt.Errorf("%w; reactivating generation %d also failed: %v", cause, j.From, err)
 		}
 	}
-	if err := d.dropGeneration(j.To); err != nil {
+	if err := d.st.Drop(j.To); err != nil {
 		return nil, err
 	}
 	failed[j.Target] = cause.Error()
-	if err := d.writeJSON("failed.json", failed); err != nil {
+	if err := d.st.WriteJSON(state.Failed, failed); err != nil {
 		return nil, err
 	}
 	if err := d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "rolled-back", Reason: cause.Error()}); err != nil {
 		return nil, err
 	}
-	if err := d.removeState("journal.json"); err != nil {
+	if err := d.st.Remove(state.Journal); err != nil {
 		return nil, err
 	}
 	return nil, cause
-}
-
-// findPatch returns the blob of a signed patch from base to target, if
-// the registry has one.
-func (d *Device) findPatch(ctx context.Context, ref oci.Ref, target v1.Hash, base string, p sign.Policy) (*v1.Descriptor, error) {
-	descs, err := oci.Referrers(ctx, ref, target, delta.ArtifactType, d.c.IO...)
-	if err != nil {
-		return nil, err
-	}
-	var stmts [][]byte
-	for _, desc := range descs {
-		if b, ok := desc.Annotations[delta.AnnotationBase]; ok && b != base {
-			continue
-		}
-		m, err := oci.ArtifactManifest(ctx, ref, target, desc.Digest, delta.ArtifactType, d.c.IO...)
-		if oci.IsNotOurs(err) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if m.Annotations[delta.AnnotationBase] != base {
-			continue
-		}
-		if stmts == nil {
-			if stmts, err = oci.Attached(ctx, ref, target, sign.PatchType, d.c.IO...); err != nil {
-				return nil, err
-			}
-		}
-		blob := m.Layers[0]
-		pp := p
-		pp.Digest = blob.Digest.String()
-		for _, s := range stmts {
-			if st, err := sign.VerifyPatch(s, base, pp); err == nil && st.Target == target.String() && st.PatchSize == blob.Size {
-				return &blob, nil
-			}
-		}
-	}
-	return nil, nil
 }
 
 type layerPlan struct {
@@ -451,9 +438,9 @@ func (d *Device) missingNar(cfg *bundle.Config) int64 {
 // checkSpace refuses an update the file systems cannot hold: the download
 // in the state directory, the new paths (and their staging) in the store.
 func (d *Device) checkSpace(download, nar int64) error {
-	need := map[string]int64{d.path("downloads"): download, d.c.Store: nar}
+	need := map[string]int64{d.st.Path("downloads"): download, d.c.Store: nar}
 	var sd, ss unix.Statfs_t
-	if unix.Statfs(d.path("downloads"), &sd) == nil && unix.Statfs(d.c.Store, &ss) == nil && sd.Fsid == ss.Fsid {
+	if unix.Statfs(d.st.Path("downloads"), &sd) == nil && unix.Statfs(d.c.Store, &ss) == nil && sd.Fsid == ss.Fsid {
 		need = map[string]int64{d.c.Store: download + nar}
 	}
 	for dir, n := range need {
@@ -475,35 +462,6 @@ func (d *Device) ioWithProgress() []oci.IOOption {
 		return d.c.IO
 	}
 	return append(append([]oci.IOOption{}, d.c.IO...), oci.WithIOProgress(d.c.Progress))
-}
-
-// writeGeneration makes generation n: manifest, config, signed statement
-// and a root link, written under a temporary name, synced, then renamed.
-func (d *Device) writeGeneration(n int, manifest, config, envelope []byte) error {
-	cfg, err := bundle.ParseConfig(config)
-	if err != nil {
-		return err
-	}
-	tmp := d.path("generations", ".new-"+strconv.Itoa(n))
-	fsutil.RemoveAll(tmp)
-	if err := os.Mkdir(tmp, 0o755); err != nil {
-		return err
-	}
-	for name, data := range map[string][]byte{"manifest.json": manifest, "config.json": config, "release.json": envelope} {
-		if err := fsutil.AtomicWrite(filepath.Join(tmp, name), data, 0o644); err != nil {
-			return err
-		}
-	}
-	if err := os.Symlink(filepath.Join(d.c.Store, filepath.Base(cfg.Root)), filepath.Join(tmp, "root")); err != nil {
-		return err
-	}
-	if err := d.syncDir(tmp); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, d.genDir(n)); err != nil {
-		return err
-	}
-	return d.syncDir(d.path("generations"))
 }
 
 // activate runs the activation command for generation n.

@@ -25,9 +25,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/state"
 )
 
 // Errors of image building.
@@ -197,12 +197,12 @@ func Build(ctx context.Context, img v1.Image, cfg *bundle.Config, out string, o 
 	if err != nil {
 		return nil, err
 	}
-	state := filepath.Join(tree, "var", "lib", "otter")
-	if err := device.Provision(state, "/nix/store", manifest, config, o.Envelope); err != nil {
+	stateDir := filepath.Join(tree, "var", "lib", "otter")
+	if err := state.Provision(stateDir, "/nix/store", manifest, config, o.Envelope); err != nil {
 		return nil, err
 	}
 	if o.Trust != nil {
-		if err := os.WriteFile(filepath.Join(state, "trust.json"), o.Trust, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(stateDir, "trust.json"), o.Trust, 0o644); err != nil {
 			return nil, err
 		}
 	}

@@ -5,12 +5,7 @@ import (
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-
-	"github.com/otter-fleet/otter/sign"
 )
-
-// AttachmentTypes are the artifact types Copy carries along with a bundle.
-var AttachmentTypes = []string{sign.ReleaseType, sign.PatchType}
 
 // CopyResult says what Copy moved.
 type CopyResult struct {
@@ -20,17 +15,18 @@ type CopyResult struct {
 }
 
 // Copy writes the bundle img, read from src, to dst together with what is
-// attached to it: signed statements and cosign signatures. The bundle goes
-// first, so dst never holds a signature without its bundle.
-func Copy(ctx context.Context, img v1.Image, src, dst Ref, opts ...IOOption) (*CopyResult, error) {
+// attached to it: the artifacts of the given types (of at most max bytes
+// each: signed statements) and cosign signatures. The bundle goes first,
+// so dst never holds a signature without its bundle.
+func Copy(ctx context.Context, img v1.Image, src, dst Ref, types []string, max int64, opts ...IOOption) (*CopyResult, error) {
 	desc, err := Write(ctx, img, dst, opts...)
 	if err != nil {
 		return nil, err
 	}
 	res := &CopyResult{Manifest: desc}
 	// Reading attachments uses the source's options minus progress.
-	for _, typ := range AttachmentTypes {
-		envs, err := Attached(ctx, src, desc.Digest, typ, opts...)
+	for _, typ := range types {
+		envs, err := Attached(ctx, src, desc.Digest, typ, max, opts...)
 		if err != nil {
 			return res, fmt.Errorf("copying signatures: %w", err)
 		}

@@ -19,7 +19,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/sign"
 )
 
 // Media types of what is attached to a bundle.
@@ -140,15 +139,16 @@ func AttachArtifact(ctx context.Context, ref Ref, subject v1.Descriptor, img v1.
 }
 
 // Attached returns the blobs of the referrers of subject with the given
-// artifact type, in the repository or layout of ref.
-func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string, opts ...IOOption) ([][]byte, error) {
+// artifact type, in the repository or layout of ref; a blob of more than
+// max bytes is ErrTooLarge.
+func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string, max int64, opts ...IOOption) ([][]byte, error) {
 	descs, err := Referrers(ctx, ref, subject, artifactType, opts...)
 	if err != nil {
 		return nil, err
 	}
 	var out [][]byte
 	for _, d := range descs {
-		blob, err := ArtifactBlob(ctx, ref, subject, d.Digest, artifactType, sign.MaxEnvelopeSize, opts...)
+		blob, err := ArtifactBlob(ctx, ref, subject, d.Digest, artifactType, max, opts...)
 		if errors.Is(err, errNotOurs) {
 			continue
 		}
@@ -158,21 +158,6 @@ func Attached(ctx context.Context, ref Ref, subject v1.Hash, artifactType string
 		out = append(out, blob)
 	}
 	return out, nil
-}
-
-// VerifiedRelease returns the first release statement attached to the
-// bundle digest that passes the policy, with its envelope; else the
-// refusal sign.VerifyReleases finds most telling.
-func VerifiedRelease(ctx context.Context, ref Ref, digest v1.Hash, p sign.Policy, opts ...IOOption) ([]byte, *sign.Release, error) {
-	envs, err := Attached(ctx, ref, digest, sign.ReleaseType, opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	e, r, err := sign.VerifyReleases(envs, p)
-	if err != nil {
-		return nil, nil, fmt.Errorf("release %s: %w", digest, err)
-	}
-	return e, r, nil
 }
 
 var errNotOurs = errors.New("oci: not an artifact of that kind for this subject")
@@ -222,7 +207,7 @@ func ArtifactBlob(ctx context.Context, ref Ref, subject, h v1.Hash, artifactType
 		return nil, err
 	}
 	if m.Layers[0].Size > max {
-		return nil, fmt.Errorf("%w: attachment %s holds %d bytes, more than %d", sign.ErrOversized, h, m.Layers[0].Size, max)
+		return nil, fmt.Errorf("%w: attachment %s holds %d bytes, more than %d", ErrTooLarge, h, m.Layers[0].Size, max)
 	}
 	l, err := img.LayerByDigest(m.Layers[0].Digest)
 	if err != nil {
@@ -294,7 +279,7 @@ func readBlob(l v1.Layer, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%w: blob larger than %d bytes", sign.ErrOversized, max)
+		return nil, fmt.Errorf("%w: blob larger than %d bytes", ErrTooLarge, max)
 	}
 	want, err := l.Digest()
 	if err != nil {
@@ -306,10 +291,26 @@ func readBlob(l v1.Layer, max int64) ([]byte, error) {
 	return data, nil
 }
 
+// cosign's storage of "simple signing" signatures: a layer of the
+// manifest tagged sha256-<hex>.sig holds the signed JSON payload, its
+// annotation the base64 signature (sign.VerifyCosign checks them).
+const (
+	SimpleSigningMediaType    = "application/vnd.dev.cosign.simplesigning.v1+json"
+	CosignSignatureAnnotation = "dev.cosignproject.cosign/signature"
+	// MaxCosignPayload bounds a simple-signing payload otter reads.
+	MaxCosignPayload = 16 << 10
+)
+
+// CosignLayer is one cosign signature as cosign stores it.
+type CosignLayer struct {
+	Payload   []byte
+	Signature string // base64
+}
+
 // AttachCosign adds a cosign simple-signing layer to the signature image
 // tagged sha256-<hex>.sig, creating it if needed, unless an identical
 // payload and signature is already there.
-func AttachCosign(ctx context.Context, ref Ref, subject v1.Hash, s sign.CosignSignature, opts ...IOOption) error {
+func AttachCosign(ctx context.Context, ref Ref, subject v1.Hash, s CosignLayer, opts ...IOOption) error {
 	tagRef, err := cosignRef(ref, subject)
 	if err != nil {
 		return err
@@ -328,8 +329,8 @@ func AttachCosign(ctx context.Context, ref Ref, subject v1.Hash, s sign.CosignSi
 		}
 	}
 	img, err := mutate.Append(base, mutate.Addendum{
-		Layer:       static.NewLayer(s.Payload, sign.SimpleSigningMediaType),
-		Annotations: map[string]string{sign.CosignSignatureAnnotation: s.Signature},
+		Layer:       static.NewLayer(s.Payload, SimpleSigningMediaType),
+		Annotations: map[string]string{CosignSignatureAnnotation: s.Signature},
 	})
 	if err != nil {
 		return err
@@ -340,7 +341,7 @@ func AttachCosign(ctx context.Context, ref Ref, subject v1.Hash, s sign.CosignSi
 
 // CosignSignatures reads the simple-signing layers of the signature image
 // of subject (none: an empty list).
-func CosignSignatures(ctx context.Context, ref Ref, subject v1.Hash, opts ...IOOption) ([]sign.CosignSignature, error) {
+func CosignSignatures(ctx context.Context, ref Ref, subject v1.Hash, opts ...IOOption) ([]CosignLayer, error) {
 	tagRef, err := cosignRef(ref, subject)
 	if err != nil {
 		return nil, err
@@ -383,28 +384,28 @@ func openCosign(ctx context.Context, tagRef Ref, opts []IOOption) (v1.Image, err
 	return img, err
 }
 
-func cosignLayers(img v1.Image) ([]sign.CosignSignature, error) {
+func cosignLayers(img v1.Image) ([]CosignLayer, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, classify(err)
 	}
-	var out []sign.CosignSignature
+	var out []CosignLayer
 	for i, d := range m.Layers {
 		if i >= MaxAttachments {
 			break
 		}
-		if d.MediaType != sign.SimpleSigningMediaType || d.Size > sign.MaxPayloadSize {
+		if d.MediaType != SimpleSigningMediaType || d.Size > MaxCosignPayload {
 			continue
 		}
 		l, err := img.LayerByDigest(d.Digest)
 		if err != nil {
 			return nil, err
 		}
-		payload, err := readBlob(l, sign.MaxPayloadSize)
+		payload, err := readBlob(l, MaxCosignPayload)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, sign.CosignSignature{Payload: payload, Signature: d.Annotations[sign.CosignSignatureAnnotation]})
+		out = append(out, CosignLayer{Payload: payload, Signature: d.Annotations[CosignSignatureAnnotation]})
 	}
 	return out, nil
 }

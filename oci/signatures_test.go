@@ -35,14 +35,14 @@ func TestAttachments(t *testing.T) {
 			if _, err := oci.Attach(ctx, ref, desc, sign.PatchType, []byte(`{"payloadType":"patch"}`)); err != nil {
 				t.Fatal(err)
 			}
-			got, err := oci.Attached(ctx, ref, desc.Digest, sign.ReleaseType)
+			got, err := oci.Attached(ctx, ref, desc.Digest, sign.ReleaseType, sign.MaxEnvelopeSize)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(got) != 2 || !(bytes.Equal(got[0], envs[0]) && bytes.Equal(got[1], envs[1]) || bytes.Equal(got[0], envs[1]) && bytes.Equal(got[1], envs[0])) {
 				t.Fatalf("attached release statements: %q", got)
 			}
-			if other, _ := oci.Attached(ctx, ref, desc.Digest, sign.PatchType); len(other) != 1 {
+			if other, _ := oci.Attached(ctx, ref, desc.Digest, sign.PatchType, sign.MaxEnvelopeSize); len(other) != 1 {
 				t.Fatalf("patch statements: %q", other)
 			}
 			// The bundle itself is unchanged and still the tag's target.
@@ -59,7 +59,7 @@ func TestAttachments(t *testing.T) {
 				}
 			}
 
-			sig := sign.CosignSignature{Payload: []byte(`{"critical":{}}`), Signature: "c2ln"}
+			sig := oci.CosignLayer{Payload: []byte(`{"critical":{}}`), Signature: "c2ln"}
 			for i := 0; i < 2; i++ { // the second is a no-op
 				if err := oci.AttachCosign(ctx, ref, desc.Digest, sig); err != nil {
 					t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -165,21 +166,16 @@ func (r *Runner) target(ctx context.Context, t Target, trust *sign.Trust) (*Targ
 	}
 
 	// A release statement per channel.
-	signer := Signer{Keys: r.Keys, Now: r.Now, Expires: r.Expires, IO: r.IO}
-	envs, err := oci.Attached(ctx, ref, desc.Digest, sign.ReleaseType, r.IO...)
+	signer := release.Signer{Keys: r.Keys, Now: r.Now, Expires: r.Expires, IO: r.IO}
+	envs, err := release.Statements(ctx, ref, desc.Digest, sign.ReleaseType, r.IO...)
 	if err != nil {
 		return nil, err
 	}
 	envelopes := map[string][]byte{}
 	for _, c := range rf.Channels {
 		p := sign.Policy{Trust: trust, Now: r.Now, Digest: desc.Digest.String(), System: t.System, Channel: c}
-		for _, e := range envs {
-			if _, err := sign.VerifyRelease(e, p); err == nil {
-				envelopes[c] = e
-				break
-			}
-		}
-		if envelopes[c] != nil {
+		if e, _, err := sign.VerifyReleases(envs, p); err == nil {
+			envelopes[c] = e
 			continue
 		}
 		st, err := signer.Statement(desc, b.Config, rf.Release, c)
@@ -286,7 +282,7 @@ func (r *Runner) closure(ctx context.Context, t Target) (*nix.Closure, string, e
 
 // patches makes a patch from each of the newest Patches.From earlier
 // releases that verify against our keys.
-func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Descriptor, b *bundle.Bundle, trust *sign.Trust, signer Signer, tr *TargetResult) error {
+func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Descriptor, b *bundle.Bundle, trust *sign.Trust, signer release.Signer, tr *TargetResult) error {
 	rf := r.File
 	tags, err := oci.ListTags(ctx, ref, r.IO...)
 	if err != nil {
@@ -343,8 +339,9 @@ func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Des
 		if err != nil {
 			return err
 		}
-		pr.Size, pr.Share = st.Size, float64(st.Size)/float64(tr.Full)
-		if pr.Share > rf.Patches.MaxShare {
+		var ok bool
+		pr.Size = st.Size
+		if pr.Share, ok = release.Worthwhile(st.Size, tr.Full, rf.Patches.MaxShare); !ok {
 			pr.Skipped = true
 			pr.Reason = fmt.Sprintf("%.0f%% of the full bundle, over maxShare %.0f%%: devices fetch the missing layers", 100*pr.Share, 100*rf.Patches.MaxShare)
 			tr.Patches = append(tr.Patches, pr)
@@ -365,7 +362,7 @@ func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Des
 // signedByUs says why an earlier release is no base for a patch: empty
 // when a statement on it verifies against our keys.
 func (r *Runner) signedByUs(ctx context.Context, ref oci.Ref, d v1.Hash, cfg *bundle.Config, trust *sign.Trust) string {
-	envs, err := oci.Attached(ctx, ref, d, sign.ReleaseType, r.IO...)
+	envs, err := release.Statements(ctx, ref, d, sign.ReleaseType, r.IO...)
 	if err != nil {
 		return err.Error()
 	}

@@ -12,13 +12,10 @@ import (
 
 // cosign's "simple signing" format, the one `cosign sign --key` writes and
 // `cosign verify --key` checks: a JSON payload naming the image digest,
-// signed as is (ECDSA over its SHA-256), the base64 signature in a layer
-// annotation of the manifest tagged sha256-<hex>.sig.
-const (
-	SimpleSigningMediaType    = "application/vnd.dev.cosign.simplesigning.v1+json"
-	CosignSignatureAnnotation = "dev.cosignproject.cosign/signature"
-	cosignType                = "cosign container image signature"
-)
+// signed as is (ECDSA over its SHA-256). Where cosign stores it (a layer
+// of the manifest tagged sha256-<hex>.sig, the base64 signature in an
+// annotation) is the oci package's business.
+const cosignType = "cosign container image signature"
 
 // Annotations otter reads from a cosign signature's optional claims
 // (cosign sign -a KEY=VALUE) and writes into its own.

@@ -17,7 +17,7 @@ import (
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
-	"github.com/otter-fleet/otter/pipelines"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -141,8 +141,8 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	}
 	pr.Seconds = time.Since(start).Seconds()
 	pr.Size, pr.Stats = st.Size, st
-	pr.Share = float64(st.Size) / float64(full)
-	if pr.Share > c.Float64("max-share") {
+	var worth bool
+	if pr.Share, worth = release.Worthwhile(st.Size, full, c.Float64("max-share")); !worth {
 		pr.Skipped = true
 		pr.Reason = fmt.Sprintf("%s is %.0f%% of the %s bundle, over --max-share %.0f%%: devices fetch the missing layers instead",
 			humanBytes(st.Size), 100*pr.Share, humanBytes(full), 100*c.Float64("max-share"))
@@ -166,7 +166,7 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	if c.Bool("no-publish") {
 		return pr, nil
 	}
-	signer := pipelines.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
+	signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
 	ad, stmt, err := signer.PublishPatch(c.Context, toRef, toDesc, baseDigest, patch, pr.Digest, c.String("channel"), to.Config.Version, to.Config.System)
 	if err != nil {
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -60,7 +61,7 @@ func TestDeltaPublishSignApply(t *testing.T) {
 	if err != nil || len(arts) != 1 || arts[0].Annotations["dev.otter.patch.base"] != p.Base.String() {
 		t.Fatalf("published patches %+v %v", arts, err)
 	}
-	envs, err := oci.Attached(context.Background(), ref, p.Target, sign.PatchType)
+	envs, err := release.Statements(context.Background(), ref, p.Target, sign.PatchType)
 	if err != nil || len(envs) != 1 {
 		t.Fatalf("patch statements %d %v", len(envs), err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
 )
 
 // archiveDirs are the directories oci-archive references were unpacked
@@ -100,7 +101,7 @@ with no network.`,
 			if err != nil {
 				return usageErrorf("--tag: %v", err)
 			}
-			cr, err := oci.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
+			cr, err := release.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
 			if err != nil {
 				return err
 			}

@@ -9,8 +9,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/image"
-	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/pipelines"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -66,7 +66,7 @@ and the trust file, and an ext4 data partition that updates never touch
 				return err
 			}
 			policy := sign.Policy{Trust: trust, Now: time.Now(), Digest: d.String(), System: cfg.System, Channel: c.String("channel")}
-			envelope, _, err := oci.VerifiedRelease(c.Context, ref, d, policy, ioOptions(c, nil)...)
+			envelope, _, err := release.Verify(c.Context, ref, d, policy, ioOptions(c, nil)...)
 			if err != nil {
 				return fmt.Errorf("%s: a device image needs a signed release: %w", ref, err)
 			}

@@ -7,7 +7,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/urfave/cli/v2"
 
-	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
 )
 
 // pushResult is the --json output of otter push.
@@ -44,7 +44,7 @@ a layout made with push (on a USB stick, say) verifies offline.`,
 				return err
 			}
 			progress, finish := u.bar("pushing")
-			cr, err := oci.Copy(c.Context, img, src, dst, ioOptions(c, progress)...)
+			cr, err := release.Copy(c.Context, img, src, dst, ioOptions(c, progress)...)
 			finish()
 			if err != nil {
 				return err

@@ -15,7 +15,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/oci"
-	"github.com/otter-fleet/otter/pipelines"
+	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
 
@@ -256,7 +256,7 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			if c.IsSet("release-version") {
 				version = c.Uint64("release-version")
 			}
-			signer := pipelines.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
+			signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
 			st, err := signer.Statement(desc, cfg, version, c.String("channel"))
 			if err != nil {
 				return usageErrorf("%v", err)
@@ -361,11 +361,7 @@ interoperability; a device does not accept them alone (docs/signing.md).`,
 			}
 			res := verifyResult{Reference: ref.String(), Digest: d}
 			if c.Bool("cosign") {
-				sigs, err := oci.CosignSignatures(c.Context, ref, d, ioOptions(c, nil)...)
-				if err != nil {
-					return err
-				}
-				claim, err := sign.VerifyCosign(sigs, cfg.Version, cfg.System, p)
+				claim, err := release.VerifyCosign(c.Context, ref, d, cfg, p, ioOptions(c, nil)...)
 				if err != nil {
 					return fmt.Errorf("%s: %w", ref, err)
 				}
@@ -378,7 +374,7 @@ interoperability; a device does not accept them alone (docs/signing.md).`,
 						return err
 					}
 					envelopes = [][]byte{data}
-				} else if envelopes, err = oci.Attached(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
+				} else if envelopes, err = release.Statements(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
 					return err
 				}
 				_, r, err := sign.VerifyReleases(envelopes, p)
@@ -523,7 +519,7 @@ accept it with otter trust update only if enough of both signed.`,
 					if err != nil {
 						return err
 					}
-					data, err := pipelines.Signer{Keys: keys}.Seal(sign.TrustType, payload)
+					data, err := release.Signer{Keys: keys}.Seal(sign.TrustType, payload)
 					if err != nil {
 						return err
 					}

@@ -1,9 +1,4 @@
-// Package pipelines runs otter's release pipeline from a declarative
-// release file (docs/pipeline.md), and holds the publishing steps that
-// otter sign and otter delta share with it: a signed release statement
-// attached to a bundle, a patch published as an artifact with its signed
-// statement.
-package pipelines
+package release
 
 import (
 	"bytes"
@@ -72,7 +67,7 @@ func (s Signer) AttachRelease(ctx context.Context, ref oci.Ref, desc v1.Descript
 		if err != nil {
 			return att, n, err
 		}
-		if err := oci.AttachCosign(ctx, ref, desc.Digest, sign.CosignSignature{Payload: payload, Signature: sig}, s.IO...); err != nil {
+		if err := oci.AttachCosign(ctx, ref, desc.Digest, oci.CosignLayer{Payload: payload, Signature: sig}, s.IO...); err != nil {
 			return att, n, err
 		}
 		n++
@@ -120,4 +115,13 @@ func (s Signer) PublishPatch(ctx context.Context, toRef oci.Ref, toDesc v1.Descr
 		return ad, nil, err
 	}
 	return ad, st, nil
+}
+
+// Worthwhile is the max-share rule of publishing: a patch of patchSize
+// bytes is published only when it is at most maxShare of the full
+// bundle's fullSize bytes; above that, devices fetch the missing layers.
+// It returns the patch's share either way.
+func Worthwhile(patchSize, fullSize int64, maxShare float64) (share float64, ok bool) {
+	share = float64(patchSize) / float64(max(fullSize, 1))
+	return share, share <= maxShare
 }
