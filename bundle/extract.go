@@ -262,7 +262,7 @@ func readLayer(ctx context.Context, layer v1.Layer, desc v1.Descriptor, diffID v
 		}
 		var r io.Reader
 		if h.Type == nix.TypeRegular {
-			r = &exactReader{r: io.TeeReader(tr, nw), left: h.Size}
+			r = &iox.ExactReader{R: io.TeeReader(tr, nw), Left: h.Size}
 		}
 		if err := fn(h, r); err != nil {
 			return err
@@ -339,28 +339,6 @@ func layerReadErr(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %v", ErrLayerDigest, err)
-}
-
-// exactReader yields exactly left bytes, and an error if the source ends
-// first.
-type exactReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (e *exactReader) Read(b []byte) (int, error) {
-	if e.left == 0 {
-		return 0, io.EOF
-	}
-	if int64(len(b)) > e.left {
-		b = b[:e.left]
-	}
-	n, err := e.r.Read(b)
-	e.left -= int64(n)
-	if err == io.EOF && e.left > 0 {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
 }
 
 // unpackLayer unpacks one layer into dst and checks it. On error, dst may

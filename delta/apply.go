@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/iox"
 	"github.com/otter-fleet/otter/nix"
 )
 
@@ -59,11 +59,11 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 		return nil, err
 	}
 	if o.PatchDigest != "" {
-		d := sha256.New()
-		if _, err := io.Copy(d, f); err != nil {
+		got, _, err := v1.SHA256(f)
+		if err != nil {
 			return nil, err
 		}
-		if got := "sha256:" + hex.EncodeToString(d.Sum(nil)); got != o.PatchDigest {
+		if got.String() != o.PatchDigest {
 			return nil, fmt.Errorf("%w: the patch file hashes to %s, the signed statement says %s", ErrPatchDigest, got, o.PatchDigest)
 		}
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -182,11 +182,11 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 		defer d.Close()
 		decs[i] = d
 	}
-	a.ctrlRaw = &boundedReader{r: decs[sControl], left: h.Streams[sControl].RawSize}
+	a.ctrlRaw = streamReader(decs[sControl], h.Streams[sControl].RawSize)
 	a.ctrl = bufio.NewReader(a.ctrlRaw)
 	a.diff = newCMDecoder(bufio.NewReader(sections[sDiff]), h.Streams[sDiff].RawSize)
-	a.extra = &boundedReader{r: decs[sExtra], left: h.Streams[sExtra].RawSize}
-	a.literal = &boundedReader{r: decs[sLiteral], left: h.Streams[sLiteral].RawSize}
+	a.extra = streamReader(decs[sExtra], h.Streams[sExtra].RawSize)
+	a.literal = streamReader(decs[sLiteral], h.Streams[sLiteral].RawSize)
 	a.frames = sections[sFrames]
 
 	res := &ApplyResult{Target: h.Target, Built: []string{}, Present: []string{}, Config: cfg}
@@ -229,12 +229,12 @@ func Apply(ctx context.Context, patchPath, storeDir string, o ApplyOptions) (*Ap
 	}
 	for _, r := range []struct {
 		name string
-		r    *boundedReader
+		r    *iox.ExactReader
 	}{{"control", a.ctrlRaw}, {"extra", a.extra}, {"literal", a.literal}} {
-		if r.r.left != 0 {
-			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.r.left, r.name)
+		if r.r.Left != 0 {
+			return nil, fmt.Errorf("%w: %d bytes of the %s stream unused", ErrFormat, r.r.Left, r.name)
 		}
-		if n, _ := r.r.r.Read(make([]byte, 1)); n != 0 {
+		if n, _ := r.r.R.Read(make([]byte, 1)); n != 0 {
 			return nil, fmt.Errorf("%w: the %s stream is longer than declared", ErrFormat, r.name)
 		}
 	}
@@ -312,26 +312,12 @@ func decodeAll(r io.Reader, rawSize int64) ([]byte, error) {
 	return data, nil
 }
 
-// boundedReader yields at most left bytes: more than the header declared
-// is an error, not memory.
-type boundedReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (b *boundedReader) Read(p []byte) (int, error) {
-	if b.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.r.Read(p)
-	b.left -= int64(n)
-	if err == io.EOF && b.left > 0 {
-		err = fmt.Errorf("%w: stream ends %d bytes early", ErrTruncated, b.left)
-	}
-	return n, err
+// streamReader yields exactly a stream's declared raw size: less is a
+// truncated patch, more is found by reading on.
+func streamReader(r io.Reader, rawSize int64) *iox.ExactReader {
+	return &iox.ExactReader{R: r, Left: rawSize, Short: func(left int64) error {
+		return fmt.Errorf("%w: stream ends %d bytes early", ErrTruncated, left)
+	}}
 }
 
 type applier struct {
@@ -339,10 +325,10 @@ type applier struct {
 	stage    *fsutil.Dir // the staging directory, written beneath
 	rw       *rewriter
 	ctrl     *bufio.Reader
-	ctrlRaw  *boundedReader
+	ctrlRaw  *iox.ExactReader
 	diff     *cmDecoder
-	extra    *boundedReader
-	literal  *boundedReader
+	extra    *iox.ExactReader
+	literal  *iox.ExactReader
 	frames   *io.SectionReader
 	framePos int64
 	budget   int64 // bytes the path being built may still hold

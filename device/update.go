@@ -1,9 +1,8 @@
 package device
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 
 	"fmt"
@@ -194,7 +193,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			os.Remove(patchFile)
 			return fail(fmt.Errorf("the downloaded patch: %w", err))
 		}
-		if got := "sha256:" + sha256Hex(target.Manifest); got != digest.String() {
+		if got, _, _ := v1.SHA256(bytes.NewReader(target.Manifest)); got != digest {
 			os.Remove(patchFile)
 			return fail(fmt.Errorf("%w: the patch builds %s, not %s", delta.ErrFormat, got, digest))
 		}
@@ -552,9 +551,4 @@ func transient(err error) bool {
 	var ne net.Error
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.As(err, &ne)
-}
-
-func sha256Hex(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
 }

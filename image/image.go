@@ -662,5 +662,5 @@ func compress(src, dst string) (int64, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	return fi.Size(), "sha256:" + hex.EncodeToString(h.Sum(nil)), out.Close()
+	return fi.Size(), v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}.String(), out.Close()
 }

@@ -2,8 +2,6 @@ package oci
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -144,11 +142,11 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return res, err
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	got, _, err := v1.SHA256(f)
+	if err != nil {
 		return res, err
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d.Digest.String() {
+	if got != d.Digest {
 		// A corrupt partial download is no use: start over next time.
 		f.Close()
 		os.Remove(part)

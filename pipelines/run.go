@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -347,10 +345,12 @@ func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Des
 			tr.Patches = append(tr.Patches, pr)
 			continue
 		}
-		sum := sha256.Sum256(buf.Bytes())
-		digest := "sha256:" + hex.EncodeToString(sum[:])
+		digest, _, err := v1.SHA256(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			return err
+		}
 		for _, c := range rf.Channels {
-			if _, _, err := signer.PublishPatch(ctx, ref, desc, base, buf.Bytes(), digest, c, rf.Release, t.System); err != nil {
+			if _, _, err := signer.PublishPatch(ctx, ref, desc, base, buf.Bytes(), digest.String(), c, rf.Release, t.System); err != nil {
 				return err
 			}
 		}

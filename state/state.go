@@ -13,8 +13,7 @@
 package state
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
@@ -117,8 +118,11 @@ func (s *Dir) Load(n int) (*Generation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: generation %d: %v", ErrDamaged, n, err)
 	}
-	sum := sha256.Sum256(g.Manifest)
-	g.Digest, g.Root, g.Config = "sha256:"+hex.EncodeToString(sum[:]), cfg.Root, cfg
+	digest, _, err := v1.SHA256(bytes.NewReader(g.Manifest))
+	if err != nil {
+		return nil, err
+	}
+	g.Digest, g.Root, g.Config = digest.String(), cfg.Root, cfg
 	return g, nil
 }
 

@@ -1,9 +1,8 @@
 package main
 
 import (
+	"bytes"
 	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -152,8 +151,11 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(patch)
-	pr.Digest = "sha256:" + hex.EncodeToString(sum[:])
+	pd, _, err := v1.SHA256(bytes.NewReader(patch))
+	if err != nil {
+		return nil, err
+	}
+	pr.Digest = pd.String()
 	if dir := c.String("write"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err

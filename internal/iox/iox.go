@@ -96,3 +96,31 @@ func SparseTar(h *tar.Header) bool {
 	}
 	return false
 }
+
+// ExactReader yields exactly Left bytes of R, then io.EOF: a source that
+// ends first is the error Short returns (io.ErrUnexpectedEOF when Short
+// is nil). Left says how many bytes were not read yet; R can be read on
+// to find out whether the source holds more than declared.
+type ExactReader struct {
+	R     io.Reader
+	Left  int64
+	Short func(left int64) error
+}
+
+func (e *ExactReader) Read(b []byte) (int, error) {
+	if e.Left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > e.Left {
+		b = b[:e.Left]
+	}
+	n, err := e.R.Read(b)
+	e.Left -= int64(n)
+	if err == io.EOF && e.Left > 0 {
+		err = io.ErrUnexpectedEOF
+		if e.Short != nil {
+			err = e.Short(e.Left)
+		}
+	}
+	return n, err
+}
