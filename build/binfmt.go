@@ -195,7 +195,9 @@ func readHandler(dir, name string) (*Handler, error) {
 		case "flags:":
 			h.Flags = val
 		case "offset":
-			fmt.Sscanf(val, "%d", &h.Offset)
+			if _, err := fmt.Sscanf(val, "%d", &h.Offset); err != nil {
+				return nil, fmt.Errorf("%w: %s: offset %q", ErrNoHandler, filepath.Join(dir, name), val)
+			}
 		case "magic":
 			h.Magic = val
 		case "mask":

@@ -113,7 +113,7 @@ func encodeBsdiff(oldb, newb []byte, cs []ctrl, p predictor) (chunks []diffChunk
 	diff := make([]byte, 0, total)
 	var newPos, oldPos int64
 	for _, c := range cs {
-		addChunks(oldPos, c.Add, func(off, n int64) error {
+		_ = addChunks(oldPos, c.Add, func(off, n int64) error { // fn never fails
 			start := len(pred)
 			pred = p.predict(oldb, oldPos+off, newPos+off, n, pred)
 			for i := int64(0); i < n; i++ {

@@ -123,7 +123,9 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			}
 		}
 		err = noSpace(err)
-		d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()})
+		if rerr := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "failed", Reason: err.Error()}); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
 		if rerr := d.st.Remove(state.Journal); rerr != nil {
 			return nil, errors.Join(err, rerr)
 		}

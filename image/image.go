@@ -317,8 +317,12 @@ func Build(ctx context.Context, img v1.Image, cfg *bundle.Config, out string, o 
 	os.Remove(rootImg)
 	dataPart := parts[len(parts)-1]
 	empty := filepath.Join(work, "empty")
-	os.MkdirAll(empty, 0o755)
-	fixTimes(empty, time.Unix(1, 0))
+	if err := os.MkdirAll(empty, 0o755); err != nil {
+		return nil, err
+	}
+	if err := fixTimes(empty, time.Unix(1, 0)); err != nil {
+		return nil, err
+	}
 	if err := mkext4(raw, dataPart.Start, dataPart.Size, "otter-data", seed("data-fs"), empty); err != nil {
 		return nil, err
 	}

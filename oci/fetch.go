@@ -118,7 +118,7 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 			continue
 		}
 		if ctx.Err() != nil {
-			f.Sync()
+			_ = f.Sync() // keep what arrived; stopping is the error to report
 			return res, ctx.Err()
 		}
 		var we *iox.WriteError

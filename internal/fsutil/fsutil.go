@@ -138,8 +138,7 @@ func RenameStorePath(src, dst string) error {
 		return err
 	}
 	if err := os.Rename(src, dst); err != nil {
-		os.Chmod(src, fi.Mode().Perm())
-		return err
+		return errors.Join(err, os.Chmod(src, fi.Mode().Perm()))
 	}
 	if err := os.Chmod(dst, fi.Mode().Perm()); err != nil {
 		return err
