@@ -32,6 +32,16 @@ func TestDependencyFences(t *testing.T) {
 		"./pipelines":       {cliPkg},
 		"./internal/fsutil": {httpPkg, cliPkg},
 	}
+	// Only cmd/ speaks urfave/cli: every other package of the module.
+	all, err := exec.Command("go", "list", "./...").Output()
+	if err != nil {
+		t.Fatalf("go list ./...: %v", err)
+	}
+	for _, p := range strings.Fields(string(all)) {
+		if rel := "./" + strings.TrimPrefix(p, otterPkg); !strings.HasPrefix(rel, "./cmd/") && p != strings.TrimSuffix(otterPkg, "/") {
+			fences[rel] = append(fences[rel], cliPkg)
+		}
+	}
 	for pkg, banned := range fences {
 		out, err := exec.Command("go", "list", "-deps", pkg).Output()
 		if err != nil {

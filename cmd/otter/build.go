@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -23,22 +24,7 @@ func binfmtCommand() *cli.Command {
 (interpreter and flags: without F, sandboxed Nix builds cannot see the
 interpreter), and runs a tiny aarch64 program that ships inside otter.
 Exits non-zero when emulation is not usable for Nix builds.`,
-				Action: func(c *cli.Context) error {
-					u := newUI(c)
-					st, err := build.Status(c.Context, build.DefaultBinfmtDir)
-					if err != nil {
-						return err
-					}
-					problem := st.Err()
-					res := binfmtStatusResult{BinfmtStatus: st, Usable: problem == nil}
-					if problem != nil {
-						res.Problem, res.Fix = problem.Error(), build.Fix(problem)
-					}
-					if err := u.result(res, func(w io.Writer) { printBinfmtStatus(w, res) }); err != nil {
-						return err
-					}
-					return problem
-				},
+				Action: func(c *cli.Context) error { return runBinfmtStatus(c.Context, newUI(c)) },
 			},
 			{
 				Name:  "install",
@@ -50,45 +36,61 @@ unit (NixOS: boot.binfmt.emulatedSystems = [ "aarch64-linux" ]).`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "interpreter", Usage: "the qemu-aarch64 binary (default: qemu-aarch64-static on PATH)"},
 				},
-				Action: func(c *cli.Context) error {
-					u := newUI(c)
-					interp := c.String("interpreter")
-					if interp == "" {
-						var err error
-						if interp, err = build.FindInterpreter(); err != nil {
-							return fmt.Errorf("%w; fix: %s", err, build.Fix(err))
-						}
-					}
-					res, err := build.Install(build.DefaultBinfmtDir, interp)
-					if err != nil {
-						if fix := build.Fix(err); fix != "" {
-							return fmt.Errorf("%w; fix: %s", err, fix)
-						}
-						return err
-					}
-					st := build.RunSelfTest(c.Context)
-					out := binfmtInstallResult{InstallResult: res, SelfTest: st}
-					if err := u.result(out, func(w io.Writer) {
-						switch {
-						case res.Registered && len(res.Replaced) > 0:
-							fmt.Fprintf(w, "registered %s with the F flag, replacing %s\n", interp, strings.Join(res.Replaced, ", "))
-						case res.Registered:
-							fmt.Fprintf(w, "registered %s with the F flag\n", interp)
-						default:
-							fmt.Fprintf(w, "%s is already registered with the F flag\n", interp)
-						}
-						fmt.Fprintf(w, "self-test: %s", selfTestLine(st))
-					}); err != nil {
-						return err
-					}
-					if !st.OK {
-						return fmt.Errorf("%w: %s", build.ErrSelfTest, st.Error)
-					}
-					return nil
-				},
+				Action: func(c *cli.Context) error { return runBinfmtInstall(c.Context, c.String("interpreter"), newUI(c)) },
 			},
 		},
 	}
+}
+
+func runBinfmtStatus(ctx context.Context, u *ui) error {
+	st, err := build.Status(ctx, build.DefaultBinfmtDir)
+	if err != nil {
+		return err
+	}
+	problem := st.Err()
+	res := binfmtStatusResult{BinfmtStatus: st, Usable: problem == nil}
+	if problem != nil {
+		res.Problem, res.Fix = problem.Error(), build.Fix(problem)
+	}
+	if err := u.result(res, func(w io.Writer) { printBinfmtStatus(w, res) }); err != nil {
+		return err
+	}
+	return problem
+}
+
+func runBinfmtInstall(ctx context.Context, interp string, u *ui) error {
+	if interp == "" {
+		var err error
+		if interp, err = build.FindInterpreter(); err != nil {
+			return fmt.Errorf("%w; fix: %s", err, build.Fix(err))
+		}
+	}
+	res, err := build.Install(build.DefaultBinfmtDir, interp)
+	if err != nil {
+		if fix := build.Fix(err); fix != "" {
+			return fmt.Errorf("%w; fix: %s", err, fix)
+		}
+		return err
+	}
+	st := build.RunSelfTest(ctx)
+	out := binfmtInstallResult{InstallResult: res, SelfTest: st}
+	if err := u.result(out, func(w io.Writer) {
+		switch {
+		case res.Registered && len(res.Replaced) > 0:
+			fmt.Fprintf(w, "registered %s with the F flag, replacing %s\n", interp, strings.Join(res.Replaced, ", "))
+		case res.Registered:
+			fmt.Fprintf(w, "registered %s with the F flag\n", interp)
+		default:
+			fmt.Fprintf(w, "%s is already registered with the F flag\n", interp)
+		}
+		fmt.Fprintf(w, "self-test: %s", selfTestLine(st))
+	}); err != nil {
+		return err
+	}
+	if !st.OK {
+		return fmt.Errorf("%w: %s", build.ErrSelfTest, st.Error)
+	}
+	return nil
 }
 
 // binfmtStatusResult is the --json output of otter binfmt status.
@@ -160,70 +162,88 @@ failed build never makes a bundle.`,
 			&cli.Uint64Flag{Name: "release-version", Usage: "with --out: the release version recorded in the bundle"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			inst := build.Installable{File: c.String("file"), Attr: c.String("attr")}
-			switch {
-			case inst.File == "" && c.NArg() == 1:
-				inst.Flake = c.Args().First()
-			case inst.File != "" && c.NArg() == 0:
-			default:
-				return usageErrorf("build takes one flake reference, or --file with --attr")
+			o := buildOpts{
+				file: c.String("file"), attr: c.String("attr"), argstr: c.StringSlice("argstr"), out: c.String("out"),
+				version: c.Uint64("release-version"), registry: registryOptsFrom(c),
+				nix: build.Options{
+					System: c.String("system"), MaxJobs: c.Int("max-jobs"), Cores: c.Int("cores"),
+					Substituters: c.String("substituters"), TrustedPublicKeys: c.String("trusted-public-keys"),
+					Builders: c.String("builders"),
+				},
 			}
-			for _, kv := range c.StringSlice("argstr") {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return usageErrorf("--argstr %q: want NAME=VALUE", kv)
-				}
-				if inst.Args == nil {
-					inst.Args = map[string]string{}
-				}
-				inst.Args[k] = v
-			}
-			var ref *oci.Ref
-			if out := c.String("out"); out != "" {
-				r, err := parseRef(c, out)
-				if err != nil {
-					return err
-				}
-				ref = &r
-			}
-			opts := build.Options{
-				System: c.String("system"), MaxJobs: c.Int("max-jobs"), Cores: c.Int("cores"),
-				Substituters: c.String("substituters"), TrustedPublicKeys: c.String("trusted-public-keys"),
-				Builders: c.String("builders"), Log: u.errw,
-			}
-			if u.quiet {
-				opts.Log = nil
-			}
-			res, err := build.Build(c.Context, inst, opts)
-			if err != nil {
-				return err
-			}
-			out := buildResult{Result: res}
-			if ref != nil {
-				if len(res.Outputs) != 1 {
-					return usageErrorf("%s has %d outputs; --out bundles exactly one", inst, len(res.Outputs))
-				}
-				created, err := sourceDateEpoch()
-				if err != nil {
-					return err
-				}
-				out.Bundle, err = runBundle(c.Context, c, u, bundleOpts{
-					root: res.Outputs[0].Path, out: c.String("out"), system: res.System,
-					version: c.Uint64("release-version"), created: created, jobs: c.Int("jobs"),
-				}, *ref)
-				if err != nil {
-					return err
-				}
-			}
-			return u.result(out, func(w io.Writer) {
-				for _, o := range res.Outputs {
-					fmt.Fprintln(w, o.Path)
-				}
-				if out.Bundle != nil {
-					fmt.Fprintf(w, "bundled as %s (%s)\n", out.Bundle.Reference, out.Bundle.Digest)
-				}
-			})
+			return runBuild(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// buildOpts are otter build's flags.
+type buildOpts struct {
+	file, attr, out string
+	argstr          []string
+	version         uint64
+	registry        registryOpts
+	nix             build.Options
+}
+
+func runBuild(ctx context.Context, o buildOpts, args []string, u *ui) error {
+	inst := build.Installable{File: o.file, Attr: o.attr}
+	switch {
+	case inst.File == "" && len(args) == 1:
+		inst.Flake = args[0]
+	case inst.File != "" && len(args) == 0:
+	default:
+		return usageErrorf("build takes one flake reference, or --file with --attr")
+	}
+	for _, kv := range o.argstr {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return usageErrorf("--argstr %q: want NAME=VALUE", kv)
+		}
+		if inst.Args == nil {
+			inst.Args = map[string]string{}
+		}
+		inst.Args[k] = v
+	}
+	var ref *oci.Ref
+	if o.out != "" {
+		r, err := o.registry.parseRef(o.out)
+		if err != nil {
+			return err
+		}
+		ref = &r
+	}
+	opts := o.nix
+	opts.Log = u.errw
+	if u.quiet {
+		opts.Log = nil
+	}
+	res, err := build.Build(ctx, inst, opts)
+	if err != nil {
+		return err
+	}
+	out := buildResult{Result: res}
+	if ref != nil {
+		if len(res.Outputs) != 1 {
+			return usageErrorf("%s has %d outputs; --out bundles exactly one", inst, len(res.Outputs))
+		}
+		created, err := sourceDateEpoch()
+		if err != nil {
+			return err
+		}
+		out.Bundle, err = runBundle(ctx, bundleOpts{
+			root: res.Outputs[0].Path, out: o.out, system: res.System,
+			version: o.version, created: created, registry: o.registry,
+		}, *ref, u)
+		if err != nil {
+			return err
+		}
+	}
+	return u.result(out, func(w io.Writer) {
+		for _, p := range res.Outputs {
+			fmt.Fprintln(w, p.Path)
+		}
+		if out.Bundle != nil {
+			fmt.Fprintf(w, "bundled as %s (%s)\n", out.Bundle.Reference, out.Bundle.Digest)
+		}
+	})
 }

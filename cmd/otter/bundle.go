@@ -24,10 +24,23 @@ func registryFlags() []cli.Flag {
 	}
 }
 
-func ioOptions(c *cli.Context, progress bundle.Progress) []oci.IOOption {
-	opts := []oci.IOOption{oci.WithInsecure(c.Bool("insecure"))}
-	if c.IsSet("jobs") {
-		opts = append(opts, oci.WithIOJobs(c.Int("jobs")))
+// registryOpts are the registry flags every command that reads or
+// writes bundles takes.
+type registryOpts struct {
+	insecure bool
+	jobs     int
+	jobsSet  bool // else the default; --jobs 0 is refused, not defaulted
+}
+
+func registryOptsFrom(c *cli.Context) registryOpts {
+	return registryOpts{insecure: c.Bool("insecure"), jobs: c.Int("jobs"), jobsSet: c.IsSet("jobs")}
+}
+
+// io is the oci options these flags give, with progress if not nil.
+func (r registryOpts) io(progress bundle.Progress) []oci.IOOption {
+	opts := []oci.IOOption{oci.WithInsecure(r.insecure)}
+	if r.jobsSet {
+		opts = append(opts, oci.WithIOJobs(r.jobs))
 	}
 	if progress != nil {
 		opts = append(opts, oci.WithIOProgress(progress))
@@ -35,29 +48,29 @@ func ioOptions(c *cli.Context, progress bundle.Progress) []oci.IOOption {
 	return opts
 }
 
-func parseRef(c *cli.Context, s string) (oci.Ref, error) {
-	return oci.ParseRef(s, c.Bool("insecure"))
-}
+func (r registryOpts) parseRef(s string) (oci.Ref, error) { return oci.ParseRef(s, r.insecure) }
 
-// openArg opens the bundle named by a command's argument s.
-func openArg(c *cli.Context, s string) (oci.Ref, v1.Image, *bundle.Config, error) {
+// open opens the bundle named by a command's argument s (an archive is
+// unpacked first).
+func (r registryOpts) open(ctx context.Context, s string) (oci.Ref, v1.Image, *bundle.Config, error) {
 	s, err := resolveArchive(s)
 	if err != nil {
 		return oci.Ref{}, nil, nil, err
 	}
-	ref, err := parseRef(c, s)
+	ref, err := r.parseRef(s)
 	if err != nil {
 		return ref, nil, nil, err
 	}
-	img, cfg, err := oci.Open(c.Context, ref, ioOptions(c, nil)...)
+	img, cfg, err := oci.Open(ctx, ref, r.io(nil)...)
 	return ref, img, cfg, err
 }
 
+// bundleOpts are otter bundle's flags.
 type bundleOpts struct {
 	root, storeDir, pathInfo, out, system string
 	version                               uint64
 	created                               time.Time
-	jobs                                  int
+	registry                              registryOpts
 }
 
 // bundleResult is the --json output of otter bundle.
@@ -96,35 +109,47 @@ creation time are 0 unless SOURCE_DATE_EPOCH is set.`,
 			&cli.Uint64Flag{Name: "release-version", Usage: "the release version recorded in the bundle (monotonically increasing)"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("bundle takes one store path, got %d arguments", c.NArg())
-			}
 			o := bundleOpts{
-				root: c.Args().First(), storeDir: c.String("store-dir"), pathInfo: c.String("path-info"),
-				out: c.String("out"), system: c.String("system"), version: c.Uint64("release-version"), jobs: c.Int("jobs"),
+				storeDir: c.String("store-dir"), pathInfo: c.String("path-info"), out: c.String("out"),
+				system: c.String("system"), version: c.Uint64("release-version"), registry: registryOptsFrom(c),
 			}
-			var err error
-			if o.created, err = sourceDateEpoch(); err != nil {
-				return err
-			}
-			if (o.storeDir == "") != (o.pathInfo == "") {
-				return usageErrorf("--store-dir and --path-info go together")
-			}
-			u := newUI(c)
-			ref, err := parseRef(c, o.out)
-			if err != nil {
-				return err
-			}
-			res, err := runBundle(c.Context, c, u, o, ref)
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "%s\n  %d store paths, %s of NAR, %s compressed\n  digest %s\n",
-					res.Reference, res.Paths, humanBytes(res.NarSize), humanBytes(res.CompressedSize), res.Digest)
-			})
+			return runBundleCommand(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// validate refuses options that do not go together.
+func (o bundleOpts) validate() error {
+	if (o.storeDir == "") != (o.pathInfo == "") {
+		return usageErrorf("--store-dir and --path-info go together")
+	}
+	return nil
+}
+
+func runBundleCommand(ctx context.Context, o bundleOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("bundle takes one store path, got %d arguments", len(args))
+	}
+	o.root = args[0]
+	var err error
+	if o.created, err = sourceDateEpoch(); err != nil {
+		return err
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	ref, err := o.registry.parseRef(o.out)
+	if err != nil {
+		return err
+	}
+	res, err := runBundle(ctx, o, ref, u)
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s\n  %d store paths, %s of NAR, %s compressed\n  digest %s\n",
+			res.Reference, res.Paths, humanBytes(res.NarSize), humanBytes(res.CompressedSize), res.Digest)
+	})
 }
 
 // sourceDateEpoch reads SOURCE_DATE_EPOCH (reproducible-builds.org).
@@ -175,7 +200,8 @@ func loadClosure(ctx context.Context, root, storeDir, pathInfo string) (*nix.Clo
 	return c, storeDir, nil
 }
 
-func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref oci.Ref) (*bundleResult, error) {
+// runBundle bundles the closure o names and writes it to ref.
+func runBundle(ctx context.Context, o bundleOpts, ref oci.Ref, u *ui) (*bundleResult, error) {
 	closure, storeDir, err := loadClosure(ctx, o.root, o.storeDir, o.pathInfo)
 	if err != nil {
 		return nil, err
@@ -183,8 +209,8 @@ func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref oci
 	u.log.Debug("closure", "root", closure.Root, "paths", len(closure.Paths), "store", storeDir)
 	progress, finish := u.bar("packing")
 	opts := []bundle.BuildOption{bundle.WithSystem(o.system), bundle.WithVersion(o.version), bundle.WithCreated(o.created), bundle.WithProgress(progress)}
-	if o.jobs > 0 {
-		opts = append(opts, bundle.WithJobs(o.jobs))
+	if o.registry.jobsSet {
+		opts = append(opts, bundle.WithJobs(o.registry.jobs))
 	}
 	if ref.Remote == nil {
 		// Spool beside the layout, so the final copy stays on one file system.
@@ -200,7 +226,7 @@ func runBundle(ctx context.Context, c *cli.Context, u *ui, o bundleOpts, ref oci
 	}
 	defer b.Close()
 	progress, finish = u.bar("writing")
-	desc, err := oci.Write(ctx, b, ref, ioOptions(c, progress)...)
+	desc, err := oci.Write(ctx, b, ref, o.registry.io(progress)...)
 	finish()
 	if err != nil {
 		return nil, err

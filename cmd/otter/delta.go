@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"crypto"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -15,7 +15,6 @@ import (
 
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/internal/fsutil"
-	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/release"
 	"github.com/otter-fleet/otter/sign"
 )
@@ -65,56 +64,85 @@ patch statement beside each; --write DIR also writes the patch files.`,
 			&cli.StringFlag{Name: "expires", Value: "30d", Usage: "expiry of the patch statements"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("delta takes one target release, got %d arguments", c.NArg())
+			o := deltaOpts{
+				registry: registryOptsFrom(c), signing: signingOptsFrom(c), from: c.StringSlice("from"), write: c.String("write"),
+				noPublish: c.Bool("no-publish"), maxShare: c.Float64("max-share"), channel: c.String("channel"),
 			}
-			u := newUI(c)
-			in, err := signingInputs(c, u)
-			if err != nil {
-				return err
-			}
-			toRef, toImg, toCfg, toDesc, keys, now, expires := in.ref, in.img, in.cfg, in.desc, in.keys, in.now, in.expires
-			m, err := toImg.Manifest()
-			if err != nil {
-				return err
-			}
-			var full int64
-			for _, l := range m.Layers {
-				full += l.Size
-			}
-			res := deltaResult{To: toRef.String()}
-			for _, from := range c.StringSlice("from") {
-				pr, err := makePatch(c, u, from, delta.Release{Image: toImg, Config: toCfg}, toRef, toDesc, full, keys, now, expires)
-				if err != nil {
-					return err
-				}
-				res.Patches = append(res.Patches, *pr)
-			}
-			return u.result(res, func(w io.Writer) {
-				for _, p := range res.Patches {
-					if p.Skipped {
-						fmt.Fprintf(w, "%s -> %s: no patch (%s)\n", p.From, res.To, p.Reason)
-						continue
-					}
-					fmt.Fprintf(w, "%s -> %s: %s (%.1f%% of the full bundle), made in %.1f s\n", p.From, res.To, humanBytes(p.Size), 100*p.Share, p.Seconds)
-					if p.Artifact != "" {
-						fmt.Fprintf(w, "  published as %s", p.Artifact)
-						if p.Statement != nil {
-							fmt.Fprint(w, ", signed")
-						}
-						fmt.Fprintln(w)
-					}
-					if p.File != "" {
-						fmt.Fprintf(w, "  written to %s\n", p.File)
-					}
-				}
-			})
+			return runDelta(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
 }
 
-func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.Ref, toDesc v1.Descriptor, full int64, keys []crypto.Signer, now, expires time.Time) (*patchResult, error) {
-	_, fromImg, fromCfg, err := openArg(c, from)
+// deltaOpts are otter delta's flags.
+type deltaOpts struct {
+	registry       registryOpts
+	signing        signingOpts
+	from           []string
+	write, channel string
+	noPublish      bool
+	maxShare       float64
+}
+
+func (o deltaOpts) validate() error {
+	if o.maxShare <= 0 {
+		return usageErrorf("--max-share %v: a share above 0 (0.6 is 60%% of the full bundle)", o.maxShare)
+	}
+	return nil
+}
+
+func runDelta(ctx context.Context, o deltaOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("delta takes one target release, got %d arguments", len(args))
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	in, err := signingInputs(ctx, o.registry, o.signing, args[0], u)
+	if err != nil {
+		return err
+	}
+	m, err := in.img.Manifest()
+	if err != nil {
+		return err
+	}
+	var full int64
+	for _, l := range m.Layers {
+		full += l.Size
+	}
+	res := deltaResult{To: in.ref.String()}
+	for _, from := range o.from {
+		pr, err := makePatch(ctx, o, u, from, in, full)
+		if err != nil {
+			return err
+		}
+		res.Patches = append(res.Patches, *pr)
+	}
+	return u.result(res, func(w io.Writer) {
+		for _, p := range res.Patches {
+			if p.Skipped {
+				fmt.Fprintf(w, "%s -> %s: no patch (%s)\n", p.From, res.To, p.Reason)
+				continue
+			}
+			fmt.Fprintf(w, "%s -> %s: %s (%.1f%% of the full bundle), made in %.1f s\n", p.From, res.To, humanBytes(p.Size), 100*p.Share, p.Seconds)
+			if p.Artifact != "" {
+				fmt.Fprintf(w, "  published as %s", p.Artifact)
+				if p.Statement != nil {
+					fmt.Fprint(w, ", signed")
+				}
+				fmt.Fprintln(w)
+			}
+			if p.File != "" {
+				fmt.Fprintf(w, "  written to %s\n", p.File)
+			}
+		}
+	})
+}
+
+// makePatch makes, writes and publishes the patch from the release from
+// to the target in (the bundle of full compressed bytes).
+func makePatch(ctx context.Context, o deltaOpts, u *ui, from string, in *signing, full int64) (*patchResult, error) {
+	to, toRef, toDesc := delta.Release{Image: in.img, Config: in.cfg}, in.ref, in.desc
+	_, fromImg, fromCfg, err := o.registry.open(ctx, from)
 	if err != nil {
 		return nil, err
 	}
@@ -134,17 +162,21 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 	defer tmp.Close()
 	start := time.Now()
 	u.info("diffing %s against %s …", from, toRef)
-	st, err := delta.Diff(c.Context, delta.Release{Image: fromImg, Config: fromCfg}, to, tmp, delta.Options{Jobs: c.Int("jobs")})
+	jobs := 0
+	if o.registry.jobsSet {
+		jobs = o.registry.jobs
+	}
+	st, err := delta.Diff(ctx, delta.Release{Image: fromImg, Config: fromCfg}, to, tmp, delta.Options{Jobs: jobs})
 	if err != nil {
 		return nil, err
 	}
 	pr.Seconds = time.Since(start).Seconds()
 	pr.Size, pr.Stats = st.Size, st
 	var worth bool
-	if pr.Share, worth = release.Worthwhile(st.Size, full, c.Float64("max-share")); !worth {
+	if pr.Share, worth = release.Worthwhile(st.Size, full, o.maxShare); !worth {
 		pr.Skipped = true
 		pr.Reason = fmt.Sprintf("%s is %.0f%% of the %s bundle, over --max-share %.0f%%: devices fetch the missing layers instead",
-			humanBytes(st.Size), 100*pr.Share, humanBytes(full), 100*c.Float64("max-share"))
+			humanBytes(st.Size), 100*pr.Share, humanBytes(full), 100*o.maxShare)
 		return pr, nil
 	}
 	patch, err := os.ReadFile(tmp.Name())
@@ -156,7 +188,7 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 		return nil, err
 	}
 	pr.Digest = pd.String()
-	if dir := c.String("write"); dir != "" {
+	if dir := o.write; dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
@@ -165,11 +197,11 @@ func makePatch(c *cli.Context, u *ui, from string, to delta.Release, toRef oci.R
 			return nil, err
 		}
 	}
-	if c.Bool("no-publish") {
+	if o.noPublish {
 		return pr, nil
 	}
-	signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
-	ad, stmt, err := signer.PublishPatch(c.Context, toRef, toDesc, baseDigest, patch, pr.Digest, c.String("channel"), to.Config.Version, to.Config.System)
+	signer := release.Signer{Keys: in.keys, Now: in.now, Expires: in.expires, IO: o.registry.io(nil)}
+	ad, stmt, err := signer.PublishPatch(ctx, toRef, toDesc, baseDigest, patch, pr.Digest, o.channel, to.Config.Version, to.Config.System)
 	if err != nil {
 		return nil, err
 	}
@@ -194,22 +226,32 @@ target closure the patch carries, and only then renames the paths into place.`,
 			&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync before renaming (scratch stores)"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("apply takes one patch file, got %d arguments", c.NArg())
-			}
-			u := newUI(c)
-			deviceMemoryLimit()
-			res, err := delta.Apply(c.Context, c.Args().First(), c.String("store"), delta.ApplyOptions{
+			o := applyOpts{store: c.String("store"), apply: delta.ApplyOptions{
 				Installed: c.String("installed"), PatchDigest: c.String("patch-digest"), NoFsync: c.Bool("no-fsync"),
-			})
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "applied: %d new store paths built, %d already present; target %s\n", len(res.Built), len(res.Present), res.Target)
-			})
+			}}
+			return runApply(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// applyOpts are otter apply's flags.
+type applyOpts struct {
+	store string
+	apply delta.ApplyOptions
+}
+
+func runApply(ctx context.Context, o applyOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("apply takes one patch file, got %d arguments", len(args))
+	}
+	deviceMemoryLimit()
+	res, err := delta.Apply(ctx, args[0], o.store, o.apply)
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "applied: %d new store paths built, %d already present; target %s\n", len(res.Built), len(res.Present), res.Target)
+	})
 }
 
 // deviceMemoryLimit keeps the heap of device-side commands near what they

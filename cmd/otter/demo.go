@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -38,9 +39,11 @@ into DIR/store, and checks every NAR hash there. Nothing outside DIR is touched.
 			&cli.StringFlag{Name: "dir", Value: "otter-demo", Usage: "where the demo writes"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usageErrorf("demo takes no arguments (--dir says where it writes)")
+			}
 			u := newUI(c)
-			dir := c.String("dir")
-			res, err := runDemo(c, u, dir)
+			res, err := runDemo(c.Context, c.String("dir"), u)
 			if err != nil {
 				return err
 			}
@@ -56,7 +59,7 @@ into DIR/store, and checks every NAR hash there. Nothing outside DIR is touched.
 	}
 }
 
-func runDemo(c *cli.Context, u *ui, dir string) (*demoResult, error) {
+func runDemo(ctx context.Context, dir string, u *ui) (*demoResult, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -87,12 +90,12 @@ func runDemo(c *cli.Context, u *ui, dir string) (*demoResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	br, err := runBundle(c.Context, c, u, bundleOpts{root: demo.Root, storeDir: source, pathInfo: pathInfo, system: "aarch64-linux", version: 1, created: created}, ref)
+	br, err := runBundle(ctx, bundleOpts{root: demo.Root, storeDir: source, pathInfo: pathInfo, system: "aarch64-linux", version: 1, created: created}, ref, u)
 	if err != nil {
 		return nil, err
 	}
 	u.info("bundled it into %s (%s)", br.Reference, br.Digest)
-	img, cfg, err := oci.Open(c.Context, ref)
+	img, cfg, err := oci.Open(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +103,10 @@ func runDemo(c *cli.Context, u *ui, dir string) (*demoResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := runExtract(c, u, img, cfg, store); err != nil {
+	progress, finish := u.bar("extracting")
+	_, err = bundle.Extract(ctx, img, cfg, store, extractOpts{}.extractOptions(progress)...)
+	finish()
+	if err != nil {
 		return nil, err
 	}
 	u.info("extracted it into %s", store)

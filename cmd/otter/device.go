@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -35,33 +36,85 @@ func shell(cmd string) []string {
 	return []string{"/bin/sh", "-c", cmd}
 }
 
-// openDevice opens the device state, recovering from an interrupted
-// update first; needTrust says whether the command verifies statements.
-func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.Recovery, error) {
-	cfg := device.Config{
-		Store: c.String("store"), State: c.String("state"), System: c.String("system"), Channel: c.String("channel"),
-		Keep: c.Int("keep"), Activate: shell(c.String("activate")), Health: shell(c.String("health-check")),
-		HealthTimeout: c.Duration("health-timeout"), IO: ioOptions(c, nil), NoFsync: c.Bool("no-fsync"), Stall: c.Int("retries"),
+// deviceOpts are the flags every device command reads.
+type deviceOpts struct {
+	registry              registryOpts
+	store, state, trust   string
+	channel, system       string
+	keep, retries         int
+	activate, healthCheck string
+	healthTimeout         time.Duration
+	noFsync               bool
+	at                    time.Time // zero: now
+}
+
+func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
+	o := deviceOpts{
+		registry: registryOptsFrom(c), store: c.String("store"), state: c.String("state"), trust: c.String("trust"),
+		channel: c.String("channel"), system: c.String("system"), keep: c.Int("keep"), retries: c.Int("retries"),
+		activate: c.String("activate"), healthCheck: c.String("health-check"), healthTimeout: c.Duration("health-timeout"),
+		noFsync: c.Bool("no-fsync"),
 	}
 	if at := c.String("at"); at != "" {
 		t, err := time.Parse(time.RFC3339, at)
 		if err != nil {
-			return nil, nil, usageErrorf("--at: %v", err)
+			return o, usageErrorf("--at: %v", err)
 		}
-		cfg.Now = func() time.Time { return t }
+		o.at = t
+	}
+	return o, o.validate()
+}
+
+// validate refuses values a device cannot work with, instead of
+// replacing them by defaults.
+func (o deviceOpts) validate() error {
+	switch {
+	case o.keep < 1:
+		return usageErrorf("--keep %d: a device keeps at least its current generation (1)", o.keep)
+	case o.retries < 1:
+		return usageErrorf("--retries %d: at least 1", o.retries)
+	case o.healthTimeout <= 0:
+		return usageErrorf("--health-timeout %v: must be positive", o.healthTimeout)
+	case o.store == "" || o.state == "":
+		return usageErrorf("--store and --state must name directories")
+	}
+	return nil
+}
+
+// config is the device.Config these options describe; with needTrust
+// the trust file is read (default STATE/trust.json).
+func (o deviceOpts) config(needTrust bool) (device.Config, error) {
+	cfg := device.Config{
+		Store: o.store, State: o.state, System: o.system, Channel: o.channel,
+		Keep: o.keep, Activate: shell(o.activate), Health: shell(o.healthCheck),
+		HealthTimeout: o.healthTimeout, IO: o.registry.io(nil), NoFsync: o.noFsync, Stall: o.retries,
+	}
+	if !o.at.IsZero() {
+		at := o.at
+		cfg.Now = func() time.Time { return at }
 	}
 	if needTrust {
-		path := c.String("trust")
+		path := o.trust
 		if path == "" {
 			path = filepath.Join(cfg.State, "trust.json")
 		}
 		t, err := loadTrust(path)
 		if err != nil {
-			return nil, nil, err
+			return cfg, err
 		}
 		cfg.Trust = t
 	}
-	d, rec, err := device.Open(c.Context, cfg)
+	return cfg, nil
+}
+
+// openDevice opens the device state, recovering from an interrupted
+// update first; needTrust says whether the command verifies statements.
+func openDevice(ctx context.Context, o deviceOpts, u *ui, needTrust bool) (*device.Device, *device.Recovery, error) {
+	cfg, err := o.config(needTrust)
+	if err != nil {
+		return nil, nil, err
+	}
+	d, rec, err := device.Open(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,18 +124,49 @@ func openDevice(c *cli.Context, u *ui, needTrust bool) (*device.Device, *device.
 	return d, rec, nil
 }
 
-// withDevice opens the device state (recovering first), runs fn and
-// releases the lock.
-func withDevice(needTrust bool, fn func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error) cli.ActionFunc {
+// deviceAction is the Action of a device command that takes no
+// arguments: read the options, open the device (recovering first), run
+// fn and release the lock.
+func deviceAction(needTrust bool, fn func(ctx context.Context, d *device.Device, rec *device.Recovery, u *ui) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
+		o, err := deviceOptsFrom(c)
+		if err != nil {
+			return err
+		}
+		if c.NArg() != 0 {
+			return usageErrorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+		}
 		u := newUI(c)
-		d, rec, err := openDevice(c, u, needTrust)
+		d, rec, err := openDevice(c.Context, o, u, needTrust)
 		if err != nil {
 			return err
 		}
 		defer d.Close()
-		return fn(c, u, d, rec)
+		return fn(c.Context, d, rec, u)
 	}
+}
+
+// updateOpts are otter update's flags.
+type updateOpts struct {
+	device deviceOpts
+	retry  bool
+	method string // "", patch or layers
+}
+
+func updateOptsFrom(c *cli.Context) (updateOpts, error) {
+	d, err := deviceOptsFrom(c)
+	o := updateOpts{device: d, retry: c.Bool("retry"), method: c.String("method")}
+	if err != nil {
+		return o, err
+	}
+	switch o.method {
+	case "auto":
+		o.method = ""
+	case "patch", "layers":
+	default:
+		return o, usageErrorf("--method %q: auto, patch or layers", o.method)
+	}
+	return o, nil
 }
 
 func updateCommand() *cli.Command {
@@ -103,50 +187,49 @@ An interrupted update is finished or undone by the next otter command.`,
 			&cli.BoolFlag{Name: "retry", Usage: "install a release that failed its health check here before"},
 			&cli.StringFlag{Name: "method", Value: "auto", Usage: "auto (the smaller download), patch (fail without a signed patch) or layers"}),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("update takes one reference, got %d arguments", c.NArg())
-			}
-			method := c.String("method")
-			switch method {
-			case "auto":
-				method = ""
-			case "patch", "layers":
-			default:
-				return usageErrorf("--method %q: auto, patch or layers", method)
-			}
-			u := newUI(c)
-			deviceMemoryLimit()
-			s, err := resolveArchive(c.Args().First())
+			o, err := updateOptsFrom(c)
 			if err != nil {
 				return err
 			}
-			ref, err := parseRef(c, s)
-			if err != nil {
-				return err
-			}
-			d, _, err := openDevice(c, u, true)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
-			progress, done := u.bar("downloading")
-			d.SetProgress(progress)
-			res, err := d.Update(c.Context, ref, device.UpdateOptions{Retry: c.Bool("retry"), Method: method})
-			done()
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) {
-				if res.UpToDate {
-					fmt.Fprintf(w, "up to date: release %d (%s), generation %d\n", res.Version, res.Target, res.From)
-					return
-				}
-				fmt.Fprintf(w, "updated to release %d (%s): generation %d -> %d\n", res.Version, res.Target, res.From, res.To)
-				fmt.Fprintf(w, "  by %s: %s to download, %s transferred; %d store paths built, %d collected\n",
-					res.Method, humanBytes(res.Download), humanBytes(res.Transferred), len(res.Built), len(res.Collected))
-			})
+			return runUpdate(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("update takes one reference, got %d arguments", len(args))
+	}
+	deviceMemoryLimit()
+	s, err := resolveArchive(args[0])
+	if err != nil {
+		return err
+	}
+	ref, err := o.device.registry.parseRef(s)
+	if err != nil {
+		return err
+	}
+	d, _, err := openDevice(ctx, o.device, u, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	progress, done := u.bar("downloading")
+	d.SetProgress(progress)
+	res, err := d.Update(ctx, ref, device.UpdateOptions{Retry: o.retry, Method: o.method})
+	done()
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) {
+		if res.UpToDate {
+			fmt.Fprintf(w, "up to date: release %d (%s), generation %d\n", res.Version, res.Target, res.From)
+			return
+		}
+		fmt.Fprintf(w, "updated to release %d (%s): generation %d -> %d\n", res.Version, res.Target, res.From, res.To)
+		fmt.Fprintf(w, "  by %s: %s to download, %s transferred; %d store paths built, %d collected\n",
+			res.Method, humanBytes(res.Download), humanBytes(res.Transferred), len(res.Built), len(res.Collected))
+	})
 }
 
 func statusCommand() *cli.Command {
@@ -154,7 +237,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show the installed release, the generations and how the last update ended",
 		Flags: deviceFlags(),
-		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error {
+		Action: deviceAction(false, func(_ context.Context, d *device.Device, rec *device.Recovery, u *ui) error {
 			st, err := d.Status()
 			if err != nil {
 				return err
@@ -197,8 +280,8 @@ func rollbackCommand() *cli.Command {
 		Name:  "rollback",
 		Usage: "switch back to the previous generation and activate it",
 		Flags: deviceFlags(),
-		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, _ *device.Recovery) error {
-			o, err := d.Rollback(c.Context)
+		Action: deviceAction(false, func(ctx context.Context, d *device.Device, _ *device.Recovery, u *ui) error {
+			o, err := d.Rollback(ctx)
 			if err != nil {
 				return err
 			}
@@ -214,7 +297,7 @@ func gcCommand() *cli.Command {
 		Name:  "gc",
 		Usage: "remove old generations beyond --keep and store paths no generation uses",
 		Flags: deviceFlags(),
-		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, _ *device.Recovery) error {
+		Action: deviceAction(false, func(_ context.Context, d *device.Device, _ *device.Recovery, u *ui) error {
 			collected, err := d.GC()
 			if err != nil {
 				return err
@@ -231,7 +314,7 @@ func recoverCommand() *cli.Command {
 		Name:  "recover",
 		Usage: "finish or undo an interrupted update (every device command does this first)",
 		Flags: deviceFlags(),
-		Action: withDevice(false, func(c *cli.Context, u *ui, d *device.Device, rec *device.Recovery) error {
+		Action: deviceAction(false, func(_ context.Context, d *device.Device, rec *device.Recovery, u *ui) error {
 			return u.result(map[string]any{"recovered": rec}, func(w io.Writer) {
 				if rec == nil {
 					fmt.Fprintln(w, "nothing to recover")

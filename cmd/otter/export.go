@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -74,63 +75,72 @@ with no network.`,
 			&cli.StringFlag{Name: "tag", Usage: "the tag inside the archive"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
-				return usageErrorf("export takes REF and FILE, got %d arguments", c.NArg())
-			}
-			u := newUI(c)
-			src, img, _, err := openArg(c, c.Args().Get(0))
-			if err != nil {
-				return err
-			}
-			tag := c.String("tag")
-			if tag == "" {
-				tag = src.Tag
-				if src.Remote != nil {
-					tag = src.Remote.Identifier()
-				}
-				if tag == "" || strings.HasPrefix(tag, "sha256:") {
-					tag = "latest"
-				}
-			}
-			tmp, err := os.MkdirTemp("", "otter-export-")
-			if err != nil {
-				return err
-			}
-			defer fsutil.RemoveAll(tmp)
-			dst, err := oci.ParseRef(oci.LayoutPrefix+filepath.Join(tmp, "layout")+":"+tag, false)
-			if err != nil {
-				return usageErrorf("--tag: %v", err)
-			}
-			cr, err := release.Copy(c.Context, img, src, dst, ioOptions(c, nil)...)
-			if err != nil {
-				return err
-			}
-			out := c.Args().Get(1)
-			f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
-			if err != nil {
-				return err
-			}
-			defer os.Remove(f.Name())
-			if err := oci.WriteArchive(dst.Layout, f); err != nil {
-				f.Close()
-				return err
-			}
-			if err := f.Sync(); err != nil {
-				f.Close()
-				return err
-			}
-			fi, _ := f.Stat()
-			if err := f.Close(); err != nil {
-				return err
-			}
-			if err := os.Rename(f.Name(), out); err != nil {
-				return err
-			}
-			res := exportResult{Source: src.String(), File: out, Digest: cr.Manifest.Digest, Size: fi.Size(), Statements: cr.Statements, Cosign: cr.Cosign}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "wrote %s (%s): bundle %s, %d statement(s), %d cosign signature(s)\n  read it back as %s%s:%s\n",
-					out, humanBytes(res.Size), res.Digest, res.Statements, res.Cosign, oci.ArchivePrefix, out, tag)
-			})
+			return runExport(c.Context, exportOpts{registry: registryOptsFrom(c), tag: c.String("tag")}, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// exportOpts are otter export's flags.
+type exportOpts struct {
+	registry registryOpts
+	tag      string
+}
+
+func runExport(ctx context.Context, o exportOpts, args []string, u *ui) error {
+	if len(args) != 2 {
+		return usageErrorf("export takes REF and FILE, got %d arguments", len(args))
+	}
+	src, img, _, err := o.registry.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	tag := o.tag
+	if tag == "" {
+		tag = src.Tag
+		if src.Remote != nil {
+			tag = src.Remote.Identifier()
+		}
+		if tag == "" || strings.HasPrefix(tag, "sha256:") {
+			tag = "latest"
+		}
+	}
+	tmp, err := os.MkdirTemp("", "otter-export-")
+	if err != nil {
+		return err
+	}
+	defer fsutil.RemoveAll(tmp)
+	dst, err := oci.ParseRef(oci.LayoutPrefix+filepath.Join(tmp, "layout")+":"+tag, false)
+	if err != nil {
+		return usageErrorf("--tag: %v", err)
+	}
+	cr, err := release.Copy(ctx, img, src, dst, o.registry.io(nil)...)
+	if err != nil {
+		return err
+	}
+	out := args[1]
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := oci.WriteArchive(dst.Layout, f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	fi, _ := f.Stat()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), out); err != nil {
+		return err
+	}
+	res := exportResult{Source: src.String(), File: out, Digest: cr.Manifest.Digest, Size: fi.Size(), Statements: cr.Statements, Cosign: cr.Cosign}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "wrote %s (%s): bundle %s, %d statement(s), %d cosign signature(s)\n  read it back as %s%s:%s\n",
+			out, humanBytes(res.Size), res.Digest, res.Statements, res.Cosign, oci.ArchivePrefix, out, tag)
+	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -31,37 +32,48 @@ path is renamed into STORE_DIR; paths already there and correct are skipped.`,
 			&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync files to disk before renaming them into place"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
-				return usageErrorf("extract takes REF and STORE_DIR, got %d arguments", c.NArg())
-			}
-			u := newUI(c)
-			ref, img, cfg, err := openArg(c, c.Args().Get(0))
-			if err != nil {
-				return err
-			}
-			d, err := img.Digest()
-			if err != nil {
-				return err
-			}
-			res, err := runExtract(c, u, img, cfg, c.Args().Get(1))
-			if err != nil {
-				return err
-			}
-			out := extractResult{Reference: ref.String(), Digest: d, StoreDir: c.Args().Get(1), Root: cfg.Root, ExtractResult: res}
-			return u.result(out, func(w io.Writer) {
-				fmt.Fprintf(w, "%s -> %s\n  %d extracted, %d already present, %d repaired; every NAR hash verified\n",
-					out.Reference, out.StoreDir, len(res.Extracted), len(res.Present), len(res.Repaired))
-			})
+			o := extractOpts{registry: registryOptsFrom(c), repair: c.Bool("repair"), noFsync: c.Bool("no-fsync")}
+			return runExtract(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
 }
 
-func runExtract(c *cli.Context, u *ui, img v1.Image, cfg *bundle.Config, store string) (*bundle.ExtractResult, error) {
-	progress, finish := u.bar("extracting")
-	defer finish()
-	opts := []bundle.ExtractOption{bundle.WithRepair(c.Bool("repair")), bundle.WithFsync(!c.Bool("no-fsync")), bundle.WithExtractProgress(progress)}
-	if c.IsSet("jobs") {
-		opts = append(opts, bundle.WithExtractJobs(c.Int("jobs")))
+// extractOpts are otter extract's flags.
+type extractOpts struct {
+	registry        registryOpts
+	repair, noFsync bool
+}
+
+// extractOptions are the bundle.Extract options these flags give.
+func (o extractOpts) extractOptions(progress bundle.Progress) []bundle.ExtractOption {
+	opts := []bundle.ExtractOption{bundle.WithRepair(o.repair), bundle.WithFsync(!o.noFsync), bundle.WithExtractProgress(progress)}
+	if o.registry.jobsSet {
+		opts = append(opts, bundle.WithExtractJobs(o.registry.jobs))
 	}
-	return bundle.Extract(c.Context, img, cfg, store, opts...)
+	return opts
+}
+
+func runExtract(ctx context.Context, o extractOpts, args []string, u *ui) error {
+	if len(args) != 2 {
+		return usageErrorf("extract takes REF and STORE_DIR, got %d arguments", len(args))
+	}
+	ref, img, cfg, err := o.registry.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	progress, finish := u.bar("extracting")
+	res, err := bundle.Extract(ctx, img, cfg, args[1], o.extractOptions(progress)...)
+	finish()
+	if err != nil {
+		return err
+	}
+	out := extractResult{Reference: ref.String(), Digest: d, StoreDir: args[1], Root: cfg.Root, ExtractResult: res}
+	return u.result(out, func(w io.Writer) {
+		fmt.Fprintf(w, "%s -> %s\n  %d extracted, %d already present, %d repaired; every NAR hash verified\n",
+			out.Reference, out.StoreDir, len(res.Extracted), len(res.Present), len(res.Repaired))
+	})
 }

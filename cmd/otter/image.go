@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -37,53 +38,66 @@ and the trust file, and an ext4 data partition that updates never touch
 			&cli.StringFlag{Name: "data-size", Value: "256M", Usage: "size of the data partition"},
 		),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("image takes one bundle reference, got %d arguments", c.NArg())
-			}
-			var sizes [3]int64
-			for i, f := range []string{"size", "boot-size", "data-size"} {
-				n, err := pipelines.ParseSize(c.String(f))
+			o := imageOpts{registry: registryOptsFrom(c), out: c.String("out"), trust: c.String("trust"), channel: c.String("channel"),
+				build: image.Options{Board: c.String("board"), BootFiles: c.String("boot-files")}}
+			for _, f := range []struct {
+				name string
+				dst  *int64
+			}{{"size", &o.build.Size}, {"boot-size", &o.build.BootSize}, {"data-size", &o.build.DataSize}} {
+				n, err := pipelines.ParseSize(c.String(f.name))
 				if err != nil {
-					return usageErrorf("--%s: %v", f, err)
+					return usageErrorf("--%s: %v", f.name, err)
 				}
-				sizes[i] = n
+				*f.dst = n
 			}
-			u := newUI(c)
-			ref, img, cfg, err := openArg(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			trustBytes, err := os.ReadFile(c.String("trust"))
-			if err != nil {
-				return fmt.Errorf("reading the trust file: %w", err)
-			}
-			trust, err := loadTrust(c.String("trust"))
-			if err != nil {
-				return err
-			}
-			d, err := img.Digest()
-			if err != nil {
-				return err
-			}
-			policy := sign.Policy{Trust: trust, Now: time.Now(), Digest: d.String(), System: cfg.System, Channel: c.String("channel")}
-			envelope, _, err := release.Verify(c.Context, ref, d, policy, ioOptions(c, nil)...)
-			if err != nil {
-				return fmt.Errorf("%s: a device image needs a signed release: %w", ref, err)
-			}
-			res, err := image.Build(c.Context, img, cfg, c.String("out"), image.Options{
-				Board: c.String("board"), BootFiles: c.String("boot-files"), Size: sizes[0], BootSize: sizes[1], DataSize: sizes[2],
-				Envelope: envelope, Trust: trustBytes,
-				Progress: func(step string) { u.info("%s", step) },
-			})
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "%s: %s (%s of data), %s compressed\n  digest %s\n", res.Image, humanBytes(res.Size), humanBytes(res.Mapped), humanBytes(res.ZstdSize), res.Digest)
-				for _, p := range res.Partitions {
-					fmt.Fprintf(w, "  %d %-7s %-5s %9s  PARTUUID %s\n", p.Number, p.Name, p.Type, humanBytes(p.Size), p.UUID)
-				}
-			})
+			return runImage(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// imageOpts are otter image's flags.
+type imageOpts struct {
+	registry            registryOpts
+	out, trust, channel string
+	build               image.Options
+}
+
+func runImage(ctx context.Context, o imageOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("image takes one bundle reference, got %d arguments", len(args))
+	}
+	ref, img, cfg, err := o.registry.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	trustBytes, err := os.ReadFile(o.trust)
+	if err != nil {
+		return fmt.Errorf("reading the trust file: %w", err)
+	}
+	trust, err := loadTrust(o.trust)
+	if err != nil {
+		return err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	policy := sign.Policy{Trust: trust, Now: time.Now(), Digest: d.String(), System: cfg.System, Channel: o.channel}
+	envelope, _, err := release.Verify(ctx, ref, d, policy, o.registry.io(nil)...)
+	if err != nil {
+		return fmt.Errorf("%s: a device image needs a signed release: %w", ref, err)
+	}
+	bo := o.build
+	bo.Envelope, bo.Trust = envelope, trustBytes
+	bo.Progress = func(step string) { u.info("%s", step) }
+	res, err := image.Build(ctx, img, cfg, o.out, bo)
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s: %s (%s of data), %s compressed\n  digest %s\n", res.Image, humanBytes(res.Size), humanBytes(res.Mapped), humanBytes(res.ZstdSize), res.Digest)
+		for _, p := range res.Partitions {
+			fmt.Fprintf(w, "  %d %-7s %-5s %9s  PARTUUID %s\n", p.Number, p.Name, p.Type, humanBytes(p.Size), p.UUID)
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -38,21 +39,24 @@ func inspectCommand() *cli.Command {
 		ArgsUsage: "REF",
 		Flags:     registryFlags(),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("inspect takes one reference, got %d arguments", c.NArg())
-			}
-			u := newUI(c)
-			ref, img, cfg, err := openArg(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			res, err := describe(ref, img, cfg)
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) { printInspect(w, res) })
+			return runInspect(c.Context, registryOptsFrom(c), c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+func runInspect(ctx context.Context, o registryOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("inspect takes one reference, got %d arguments", len(args))
+	}
+	ref, img, cfg, err := o.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	res, err := describe(ref, img, cfg)
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) { printInspect(w, res) })
 }
 
 func describe(ref oci.Ref, img v1.Image, cfg *bundle.Config) (*inspectResult, error) {

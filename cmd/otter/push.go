@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -31,29 +32,32 @@ Signed statements and cosign signatures attached to the bundle come along, so
 a layout made with push (on a USB stick, say) verifies offline.`,
 		Flags: registryFlags(),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 2 {
-				return usageErrorf("push takes SRC and DST, got %d arguments", c.NArg())
-			}
-			u := newUI(c)
-			dst, err := parseRef(c, c.Args().Get(1))
-			if err != nil {
-				return err
-			}
-			src, img, cfg, err := openArg(c, c.Args().Get(0))
-			if err != nil {
-				return err
-			}
-			progress, finish := u.bar("pushing")
-			cr, err := release.Copy(c.Context, img, src, dst, ioOptions(c, progress)...)
-			finish()
-			if err != nil {
-				return err
-			}
-			res := pushResult{Source: src.String(), Destination: dst.String(), Digest: cr.Manifest.Digest, Size: cr.Manifest.Size, Statements: cr.Statements, Cosign: cr.Cosign}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "%s -> %s\n  %s (%d store paths, root %s), %d statement(s), %d cosign signature(s)\n",
-					res.Source, res.Destination, res.Digest, len(cfg.Paths), cfg.Root, res.Statements, res.Cosign)
-			})
+			return runPush(c.Context, registryOptsFrom(c), c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+func runPush(ctx context.Context, o registryOpts, args []string, u *ui) error {
+	if len(args) != 2 {
+		return usageErrorf("push takes SRC and DST, got %d arguments", len(args))
+	}
+	dst, err := o.parseRef(args[1])
+	if err != nil {
+		return err
+	}
+	src, img, cfg, err := o.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	progress, finish := u.bar("pushing")
+	cr, err := release.Copy(ctx, img, src, dst, o.io(progress)...)
+	finish()
+	if err != nil {
+		return err
+	}
+	res := pushResult{Source: src.String(), Destination: dst.String(), Digest: cr.Manifest.Digest, Size: cr.Manifest.Size, Statements: cr.Statements, Cosign: cr.Cosign}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s -> %s\n  %s (%d store paths, root %s), %d statement(s), %d cosign signature(s)\n",
+			res.Source, res.Destination, res.Digest, len(cfg.Paths), cfg.Root, res.Statements, res.Cosign)
+	})
 }

@@ -1,13 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/pipelines"
 )
 
@@ -27,47 +27,59 @@ and correct; a release tag that names another bundle is refused.`,
 			&cli.StringFlag{Name: "template", Usage: "print a ready CI file instead: github (GitHub Actions) or gitlab (GitLab CI)"},
 		),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 0 {
-				return usageErrorf("release takes no arguments (the release file says what to do), got %d", c.NArg())
-			}
-			if ci := c.String("template"); ci != "" {
-				data, err := pipelines.Template(ci)
-				if err != nil {
-					return usageErrorf("--template: %v", err)
-				}
-				_, err = c.App.Writer.Write(data)
-				return err
-			}
-			u := newUI(c)
-			rf, err := pipelines.LoadReleaseFile(c.String("file"))
-			if err != nil {
-				return err
-			}
-			keys, err := loadKeys(u, []string{rf.Signing.Key})
-			if err != nil {
-				return fmt.Errorf("%s: signing.key: %w", rf.Path(), err)
-			}
-			now := time.Now()
-			expires, err := parseExpiry(rf.Signing.Expires, now)
-			if err != nil {
-				return fmt.Errorf("%s: signing.expires: %w", rf.Path(), err)
-			}
-			created, err := sourceDateEpoch()
-			if err != nil {
-				return err
-			}
-			r := &pipelines.Runner{
-				File: rf, Keys: keys, Now: now, Expires: expires, Created: created,
-				IO:  append(ioOptions(c, nil), oci.WithInsecure(rf.Insecure || c.Bool("insecure"))),
-				Log: func(format string, a ...any) { u.info(format, a...) },
-			}
-			res, err := r.Run(c.Context)
-			if err != nil {
-				return err
-			}
-			return u.result(res, func(w io.Writer) { printRelease(w, res) })
+			o := releaseOpts{registry: registryOptsFrom(c), file: c.String("file"), template: c.String("template")}
+			return runRelease(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// releaseOpts are otter release's flags.
+type releaseOpts struct {
+	registry       registryOpts
+	file, template string
+}
+
+func runRelease(ctx context.Context, o releaseOpts, args []string, u *ui) error {
+	if len(args) != 0 {
+		return usageErrorf("release takes no arguments (the release file says what to do), got %d", len(args))
+	}
+	if o.template != "" {
+		data, err := pipelines.Template(o.template)
+		if err != nil {
+			return usageErrorf("--template: %v", err)
+		}
+		_, err = u.out.Write(data)
+		return err
+	}
+	rf, err := pipelines.LoadReleaseFile(o.file)
+	if err != nil {
+		return err
+	}
+	keys, err := loadKeys(u, []string{rf.Signing.Key})
+	if err != nil {
+		return fmt.Errorf("%s: signing.key: %w", rf.Path(), err)
+	}
+	now := time.Now()
+	expires, err := parseExpiry(rf.Signing.Expires, now)
+	if err != nil {
+		return fmt.Errorf("%s: signing.expires: %w", rf.Path(), err)
+	}
+	created, err := sourceDateEpoch()
+	if err != nil {
+		return err
+	}
+	reg := o.registry
+	reg.insecure = reg.insecure || rf.Insecure
+	r := &pipelines.Runner{
+		File: rf, Keys: keys, Now: now, Expires: expires, Created: created,
+		IO:  reg.io(nil),
+		Log: func(format string, a ...any) { u.info(format, a...) },
+	}
+	res, err := r.Run(ctx)
+	if err != nil {
+		return err
+	}
+	return u.result(res, func(w io.Writer) { printRelease(w, res) })
 }
 
 func printRelease(w io.Writer, res *pipelines.Result) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto"
 	"fmt"
 	"io"
@@ -88,16 +89,27 @@ type signing struct {
 	desc         v1.Descriptor
 }
 
-func signingInputs(c *cli.Context, u *ui) (*signing, error) {
+// signingOpts are the --key and --expires flags of sign and delta.
+type signingOpts struct {
+	keys    []string
+	expires string
+}
+
+func signingOptsFrom(c *cli.Context) signingOpts {
+	return signingOpts{keys: c.StringSlice("key"), expires: c.String("expires")}
+}
+
+// signingInputs loads the keys, reads the expiry and opens the bundle arg.
+func signingInputs(ctx context.Context, reg registryOpts, so signingOpts, arg string, u *ui) (*signing, error) {
 	in := &signing{now: time.Now().UTC()}
 	var err error
-	if in.keys, err = loadKeys(u, c.StringSlice("key")); err != nil {
+	if in.keys, err = loadKeys(u, so.keys); err != nil {
 		return nil, err
 	}
-	if in.expires, err = parseExpiry(c.String("expires"), in.now); err != nil {
+	if in.expires, err = parseExpiry(so.expires, in.now); err != nil {
 		return nil, err
 	}
-	if in.ref, in.img, in.cfg, err = openArg(c, c.Args().First()); err != nil {
+	if in.ref, in.img, in.cfg, err = reg.open(ctx, arg); err != nil {
 		return nil, err
 	}
 	if in.desc, err = oci.DescriptorOf(in.img); err != nil {
@@ -144,51 +156,63 @@ otter-only verification.`,
 			&cli.BoolFlag{Name: "force", Usage: "overwrite existing files"},
 		},
 		Action: func(c *cli.Context) error {
-			u := newUI(c)
-			prefix := c.String("prefix")
-			keyFile, pubFile := prefix+".key", prefix+".pub"
-			if !c.Bool("force") {
-				for _, f := range []string{keyFile, pubFile} {
-					if _, err := os.Stat(f); err == nil {
-						return usageErrorf("%s exists (--force to overwrite)", f)
-					}
-				}
+			if c.NArg() != 0 {
+				return usageErrorf("keygen takes no arguments (--prefix names the files)")
 			}
-			var pass []byte
-			if !c.Bool("no-passphrase") {
-				var err error
-				if pass, err = readPassphrase(u, true); err != nil {
-					return err
-				}
-				if pass == nil {
-					return usageErrorf("no passphrase: set %s, run on a terminal, or pass --no-passphrase", passphraseEnv)
-				}
-			}
-			k, err := sign.GenerateKey(sign.Algorithm(c.String("algorithm")))
-			if err != nil {
-				return usageErrorf("%v", err)
-			}
-			priv, err := sign.MarshalPrivateKey(k, pass)
-			if err != nil {
-				return err
-			}
-			pub, err := sign.MarshalPublicKey(k.Public())
-			if err != nil {
-				return err
-			}
-			if err := fsutil.AtomicWrite(keyFile, priv, 0o600); err != nil {
-				return err
-			}
-			if err := fsutil.AtomicWrite(pubFile, pub, 0o644); err != nil {
-				return err
-			}
-			id, _ := sign.KeyID(k.Public())
-			res := keygenResult{PrivateKey: keyFile, PublicKey: pubFile, KeyID: id, Algorithm: c.String("algorithm"), Encrypted: len(pass) > 0}
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "wrote %s and %s\n  key id %s (%s)\n", keyFile, pubFile, id, res.Algorithm)
-			})
+			o := keygenOpts{prefix: c.String("prefix"), algorithm: c.String("algorithm"), noPassphrase: c.Bool("no-passphrase"), force: c.Bool("force")}
+			return runKeygen(o, newUI(c))
 		},
 	}
+}
+
+// keygenOpts are otter keygen's flags.
+type keygenOpts struct {
+	prefix, algorithm   string
+	noPassphrase, force bool
+}
+
+func runKeygen(o keygenOpts, u *ui) error {
+	keyFile, pubFile := o.prefix+".key", o.prefix+".pub"
+	if !o.force {
+		for _, f := range []string{keyFile, pubFile} {
+			if _, err := os.Stat(f); err == nil {
+				return usageErrorf("%s exists (--force to overwrite)", f)
+			}
+		}
+	}
+	var pass []byte
+	if !o.noPassphrase {
+		var err error
+		if pass, err = readPassphrase(u, true); err != nil {
+			return err
+		}
+		if pass == nil {
+			return usageErrorf("no passphrase: set %s, run on a terminal, or pass --no-passphrase", passphraseEnv)
+		}
+	}
+	k, err := sign.GenerateKey(sign.Algorithm(o.algorithm))
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	priv, err := sign.MarshalPrivateKey(k, pass)
+	if err != nil {
+		return err
+	}
+	pub, err := sign.MarshalPublicKey(k.Public())
+	if err != nil {
+		return err
+	}
+	if err := fsutil.AtomicWrite(keyFile, priv, 0o600); err != nil {
+		return err
+	}
+	if err := fsutil.AtomicWrite(pubFile, pub, 0o644); err != nil {
+		return err
+	}
+	id, _ := sign.KeyID(k.Public())
+	res := keygenResult{PrivateKey: keyFile, PublicKey: pubFile, KeyID: id, Algorithm: o.algorithm, Encrypted: len(pass) > 0}
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "wrote %s and %s\n  key id %s (%s)\n", keyFile, pubFile, id, res.Algorithm)
+	})
 }
 
 // parseExpiry reads --expires: a duration from now (720h) or a time.
@@ -243,58 +267,78 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			&cli.StringFlag{Name: "envelope-out", Usage: "also write the signed statement to this file"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("sign takes one bundle reference, got %d arguments", c.NArg())
+			o := signOpts{
+				registry: registryOptsFrom(c), signing: signingOptsFrom(c), channel: c.String("channel"),
+				noCosign: c.Bool("no-cosign"), envelopeOut: c.String("envelope-out"),
 			}
-			u := newUI(c)
-			in, err := signingInputs(c, u)
-			if err != nil {
-				return err
-			}
-			ref, cfg, desc, keys, now, expires := in.ref, in.cfg, in.desc, in.keys, in.now, in.expires
-			version := cfg.Version
 			if c.IsSet("release-version") {
-				version = c.Uint64("release-version")
+				v := c.Uint64("release-version")
+				o.version = &v
 			}
-			signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: ioOptions(c, nil)}
-			st, err := signer.Statement(desc, cfg, version, c.String("channel"))
-			if err != nil {
-				return usageErrorf("%v", err)
-			}
-			payload, err := st.Marshal()
-			if err != nil {
-				return usageErrorf("%v", err)
-			}
-			envBytes, err := signer.Seal(sign.ReleaseType, payload)
-			if err != nil {
-				return err
-			}
-			res := signResult{Reference: ref.String(), Digest: desc.Digest, Statement: st}
-			for _, k := range keys {
-				id, _ := sign.KeyID(k.Public())
-				res.Signers = append(res.Signers, id)
-			}
-			if f := c.String("envelope-out"); f != "" {
-				if err := fsutil.AtomicWrite(f, envBytes, 0o644); err != nil {
-					return err
-				}
-				res.Envelope = f
-			}
-			att, n, err := signer.AttachRelease(c.Context, ref, desc, st, envBytes, !c.Bool("no-cosign"))
-			if err != nil {
-				return err
-			}
-			res.Attached, res.Cosign = att.Digest, n > 0
-			return u.result(res, func(w io.Writer) {
-				fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n  statement %s, %d signature(s)",
-					res.Reference, st.Version, st.Channel, st.System, st.Expires, res.Attached, len(res.Signers))
-				if res.Cosign {
-					fmt.Fprint(w, "; cosign signature written")
-				}
-				fmt.Fprintln(w)
-			})
+			return runSign(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// signOpts are otter sign's flags.
+type signOpts struct {
+	registry             registryOpts
+	signing              signingOpts
+	channel, envelopeOut string
+	version              *uint64 // nil: the bundle's
+	noCosign             bool
+}
+
+func runSign(ctx context.Context, o signOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("sign takes one bundle reference, got %d arguments", len(args))
+	}
+	in, err := signingInputs(ctx, o.registry, o.signing, args[0], u)
+	if err != nil {
+		return err
+	}
+	ref, cfg, desc, keys, now, expires := in.ref, in.cfg, in.desc, in.keys, in.now, in.expires
+	version := cfg.Version
+	if o.version != nil {
+		version = *o.version
+	}
+	signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: o.registry.io(nil)}
+	st, err := signer.Statement(desc, cfg, version, o.channel)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	payload, err := st.Marshal()
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	envBytes, err := signer.Seal(sign.ReleaseType, payload)
+	if err != nil {
+		return err
+	}
+	res := signResult{Reference: ref.String(), Digest: desc.Digest, Statement: st}
+	for _, k := range keys {
+		id, _ := sign.KeyID(k.Public())
+		res.Signers = append(res.Signers, id)
+	}
+	if f := o.envelopeOut; f != "" {
+		if err := fsutil.AtomicWrite(f, envBytes, 0o644); err != nil {
+			return err
+		}
+		res.Envelope = f
+	}
+	att, n, err := signer.AttachRelease(ctx, ref, desc, st, envBytes, !o.noCosign)
+	if err != nil {
+		return err
+	}
+	res.Attached, res.Cosign = att.Digest, n > 0
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n  statement %s, %d signature(s)",
+			res.Reference, st.Version, st.Channel, st.System, st.Expires, res.Attached, len(res.Signers))
+		if res.Cosign {
+			fmt.Fprint(w, "; cosign signature written")
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 // verifyResult is the --json output of otter verify.
@@ -333,66 +377,101 @@ interoperability; a device does not accept them alone (docs/signing.md).`,
 			&cli.StringFlag{Name: "at", Usage: "verify as of this RFC 3339 time instead of now", Hidden: true},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usageErrorf("verify takes one bundle reference, got %d arguments", c.NArg())
+			o := verifyOpts{
+				registry: registryOptsFrom(c), trust: c.String("trust"), channel: c.String("channel"), system: c.String("system"),
+				allowDowngrade: c.Bool("allow-downgrade"), envelope: c.String("envelope"), cosign: c.Bool("cosign"),
 			}
-			u := newUI(c)
-			trust, err := loadTrust(c.String("trust"))
-			if err != nil {
-				return err
+			if c.IsSet("installed-version") {
+				v := c.Uint64("installed-version")
+				o.installed = &v
 			}
-			now := time.Now()
 			if at := c.String("at"); at != "" {
-				if now, err = time.Parse(time.RFC3339, at); err != nil {
+				t, err := time.Parse(time.RFC3339, at)
+				if err != nil {
 					return usageErrorf("--at: %v", err)
 				}
+				o.at = t
 			}
-			ref, img, cfg, err := openArg(c, c.Args().First())
-			if err != nil {
-				return err
-			}
-			d, err := img.Digest()
-			if err != nil {
-				return err
-			}
-			p := sign.Policy{
-				Trust: trust, Now: now, Digest: d.String(), System: c.String("system"), Channel: c.String("channel"),
-				Installed: c.Uint64("installed-version"), HasInstalled: c.IsSet("installed-version"), AllowDowngrade: c.Bool("allow-downgrade"),
-			}
-			res := verifyResult{Reference: ref.String(), Digest: d}
-			if c.Bool("cosign") {
-				claim, err := release.VerifyCosign(c.Context, ref, d, cfg, p, ioOptions(c, nil)...)
-				if err != nil {
-					return fmt.Errorf("%s: %w", ref, err)
-				}
-				res.Verified, res.Via, res.Cosign = true, "cosign", claim
-			} else {
-				var envelopes [][]byte
-				if f := c.String("envelope"); f != "" {
-					data, err := os.ReadFile(f)
-					if err != nil {
-						return err
-					}
-					envelopes = [][]byte{data}
-				} else if envelopes, err = release.Statements(c.Context, ref, d, sign.ReleaseType, ioOptions(c, nil)...); err != nil {
-					return err
-				}
-				_, r, err := sign.VerifyReleases(envelopes, p)
-				if err != nil {
-					return fmt.Errorf("%s: %w", ref, err)
-				}
-				res.Verified, res.Via, res.Release = true, "otter", r
-			}
-			return u.result(res, func(w io.Writer) {
-				if r := res.Release; r != nil {
-					fmt.Fprintf(w, "verified %s\n  release %d on %s for %s, expires %s, signed by %s\n", res.Reference, r.Version, r.Channel, r.System, r.Expires, r.KeyID)
-				} else {
-					cl := res.Cosign
-					fmt.Fprintf(w, "verified %s (cosign signature)\n  release %d on %s for %s, expires %s\n", res.Reference, cl.Version, cl.Channel, cl.System, cl.Expires)
-				}
-			})
+			return runVerify(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
+}
+
+// verifyOpts are otter verify's flags.
+type verifyOpts struct {
+	registry                         registryOpts
+	trust, channel, system, envelope string
+	installed                        *uint64 // nil: no anti-rollback check
+	allowDowngrade, cosign           bool
+	at                               time.Time // zero: now
+}
+
+func (o verifyOpts) validate() error {
+	if o.cosign && o.envelope != "" {
+		return usageErrorf("--cosign checks the attached cosign signatures; --envelope a detached otter statement: one or the other")
+	}
+	return nil
+}
+
+func runVerify(ctx context.Context, o verifyOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("verify takes one bundle reference, got %d arguments", len(args))
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	trust, err := loadTrust(o.trust)
+	if err != nil {
+		return err
+	}
+	now := o.at
+	if now.IsZero() {
+		now = time.Now()
+	}
+	ref, img, cfg, err := o.registry.open(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	p := sign.Policy{Trust: trust, Now: now, Digest: d.String(), System: o.system, Channel: o.channel, AllowDowngrade: o.allowDowngrade}
+	if o.installed != nil {
+		p.Installed, p.HasInstalled = *o.installed, true
+	}
+	res := verifyResult{Reference: ref.String(), Digest: d}
+	if o.cosign {
+		claim, err := release.VerifyCosign(ctx, ref, d, cfg, p, o.registry.io(nil)...)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ref, err)
+		}
+		res.Verified, res.Via, res.Cosign = true, "cosign", claim
+	} else {
+		var envelopes [][]byte
+		if o.envelope != "" {
+			data, err := os.ReadFile(o.envelope)
+			if err != nil {
+				return err
+			}
+			envelopes = [][]byte{data}
+		} else if envelopes, err = release.Statements(ctx, ref, d, sign.ReleaseType, o.registry.io(nil)...); err != nil {
+			return err
+		}
+		_, r, err := sign.VerifyReleases(envelopes, p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ref, err)
+		}
+		res.Verified, res.Via, res.Release = true, "otter", r
+	}
+	return u.result(res, func(w io.Writer) {
+		if r := res.Release; r != nil {
+			fmt.Fprintf(w, "verified %s\n  release %d on %s for %s, expires %s, signed by %s\n", res.Reference, r.Version, r.Channel, r.System, r.Expires, r.KeyID)
+		} else {
+			cl := res.Cosign
+			fmt.Fprintf(w, "verified %s (cosign signature)\n  release %d on %s for %s, expires %s\n", res.Reference, cl.Version, cl.Channel, cl.System, cl.Expires)
+		}
+	})
 }
 
 func loadTrust(path string) (*sign.Trust, error) {
@@ -461,27 +540,8 @@ func trustCommand() *cli.Command {
 					&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "trust.json", Usage: "the trust file to write"},
 				},
 				Action: func(c *cli.Context) error {
-					u := newUI(c)
-					pubs, err := readPublicKeys(c.StringSlice("key"))
-					if err != nil {
-						return err
-					}
-					if n := c.Int("threshold"); n < 1 || n > len(pubs) {
-						return usageErrorf("--threshold %d for %d keys", n, len(pubs))
-					}
-					t, err := sign.NewTrust(1, c.Int("threshold"), pubs...)
-					if err != nil {
-						return fmt.Errorf("trust init: %w", err) // a duplicate or bad key: invalid input
-					}
-					data, err := t.Marshal()
-					if err != nil {
-						return err
-					}
-					if err := fsutil.AtomicWrite(c.String("out"), data, 0o644); err != nil {
-						return err
-					}
-					res := describeTrust(c.String("out"), t)
-					return u.result(res, func(w io.Writer) { printTrust(w, res) })
+					o := trustOpts{keys: c.StringSlice("key"), threshold: c.Int("threshold"), out: c.String("out")}
+					return runTrustInit(o, newUI(c))
 				},
 			},
 			{
@@ -498,43 +558,9 @@ accept it with otter trust update only if enough of both signed.`,
 					&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "rotation.json", Usage: "the rotation file to write"},
 				},
 				Action: func(c *cli.Context) error {
-					u := newUI(c)
-					cur, err := loadTrust(c.String("trust"))
-					if err != nil {
-						return err
-					}
-					pubs, err := readPublicKeys(c.StringSlice("new-key"))
-					if err != nil {
-						return err
-					}
-					next, err := sign.NewTrust(cur.Version+1, c.Int("threshold"), pubs...)
-					if err != nil {
-						return usageErrorf("%v", err)
-					}
-					payload, err := next.Marshal()
-					if err != nil {
-						return err
-					}
-					keys, err := loadKeys(u, c.StringSlice("key"))
-					if err != nil {
-						return err
-					}
-					data, err := release.Signer{Keys: keys}.Seal(sign.TrustType, payload)
-					if err != nil {
-						return err
-					}
-					if _, err := cur.Rotate(data); err != nil {
-						return fmt.Errorf("the rotation would be refused: %w", err)
-					}
-					if err := fsutil.AtomicWrite(c.String("out"), data, 0o644); err != nil {
-						return err
-					}
-					res := describeTrust(c.String("trust"), next)
-					res.Rotation = c.String("out")
-					return u.result(res, func(w io.Writer) {
-						fmt.Fprintf(w, "wrote %s\n", res.Rotation)
-						printTrust(w, res)
-					})
+					o := trustOpts{trust: c.String("trust"), keys: c.StringSlice("new-key"), threshold: c.Int("threshold"),
+						signers: c.StringSlice("key"), out: c.String("out")}
+					return runTrustRotate(o, newUI(c))
 				},
 			},
 			{
@@ -545,33 +571,111 @@ accept it with otter trust update only if enough of both signed.`,
 					&cli.StringFlag{Name: "trust", Required: true, Usage: "the trust file to update"},
 				},
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return usageErrorf("trust update takes one rotation file")
-					}
-					u := newUI(c)
-					cur, err := loadTrust(c.String("trust"))
-					if err != nil {
-						return err
-					}
-					data, err := os.ReadFile(c.Args().First())
-					if err != nil {
-						return err
-					}
-					next, err := cur.Rotate(data)
-					if err != nil {
-						return err
-					}
-					out, err := next.Marshal()
-					if err != nil {
-						return err
-					}
-					if err := fsutil.AtomicWrite(c.String("trust"), out, 0o644); err != nil {
-						return err
-					}
-					res := describeTrust(c.String("trust"), next)
-					return u.result(res, func(w io.Writer) { printTrust(w, res) })
+					return runTrustUpdate(trustOpts{trust: c.String("trust")}, c.Args().Slice(), newUI(c))
 				},
 			},
 		},
 	}
+}
+
+// trustOpts are the flags of otter trust init, rotate and update.
+type trustOpts struct {
+	trust, out string
+	keys       []string // public keys of the (new) root
+	signers    []string // private keys that sign a rotation
+	threshold  int
+}
+
+// newRoot makes the trust root of version v from the public keys.
+func (o trustOpts) newRoot(v uint64) (*sign.Trust, error) {
+	if o.threshold < 1 || o.threshold > len(o.keys) {
+		return nil, usageErrorf("--threshold %d for %d keys", o.threshold, len(o.keys))
+	}
+	pubs, err := readPublicKeys(o.keys)
+	if err != nil {
+		return nil, err
+	}
+	t, err := sign.NewTrust(v, o.threshold, pubs...)
+	if err != nil {
+		return nil, fmt.Errorf("trust root: %w", err) // a duplicate or bad key: invalid input
+	}
+	return t, nil
+}
+
+func runTrustInit(o trustOpts, u *ui) error {
+	t, err := o.newRoot(1)
+	if err != nil {
+		return err
+	}
+	data, err := t.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := fsutil.AtomicWrite(o.out, data, 0o644); err != nil {
+		return err
+	}
+	res := describeTrust(o.out, t)
+	return u.result(res, func(w io.Writer) { printTrust(w, res) })
+}
+
+func runTrustRotate(o trustOpts, u *ui) error {
+	cur, err := loadTrust(o.trust)
+	if err != nil {
+		return err
+	}
+	next, err := o.newRoot(cur.Version + 1)
+	if err != nil {
+		return err
+	}
+	payload, err := next.Marshal()
+	if err != nil {
+		return err
+	}
+	keys, err := loadKeys(u, o.signers)
+	if err != nil {
+		return err
+	}
+	data, err := release.Signer{Keys: keys}.Seal(sign.TrustType, payload)
+	if err != nil {
+		return err
+	}
+	if _, err := cur.Rotate(data); err != nil {
+		return fmt.Errorf("the rotation would be refused: %w", err)
+	}
+	if err := fsutil.AtomicWrite(o.out, data, 0o644); err != nil {
+		return err
+	}
+	res := describeTrust(o.trust, next)
+	res.Rotation = o.out
+	return u.result(res, func(w io.Writer) {
+		fmt.Fprintf(w, "wrote %s\n", res.Rotation)
+		printTrust(w, res)
+	})
+}
+
+func runTrustUpdate(o trustOpts, args []string, u *ui) error {
+	if len(args) != 1 {
+		return usageErrorf("trust update takes one rotation file")
+	}
+	cur, err := loadTrust(o.trust)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(args[0])
+	if err != nil {
+		return err
+	}
+	next, err := cur.Rotate(data)
+	if err != nil {
+		return err
+	}
+	out, err := next.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := fsutil.AtomicWrite(o.trust, out, 0o644); err != nil {
+		return err
+	}
+	res := describeTrust(o.trust, next)
+	return u.result(res, func(w io.Writer) { printTrust(w, res) })
 }

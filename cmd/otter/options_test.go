@@ -1,0 +1,35 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/otter-fleet/otter/internal/testutil"
+)
+
+// TestOptionsRefuseBadValues: options validate themselves; a value a
+// command cannot work with is a usage error (2) naming the flag, never
+// replaced by a default.
+func TestOptionsRefuseBadValues(t *testing.T) {
+	d := deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: filepath.Join(t.TempDir(), "none.json")}
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{append([]string{"gc"}, d.args("--keep", "0")...), "--keep"},
+		{append([]string{"status"}, d.args("--keep", "-1")...), "--keep"},
+		{append([]string{"update", "oci:/nonexistent"}, d.args("--retries", "0")...), "--retries"},
+		{append([]string{"update", "oci:/nonexistent"}, d.args("--health-timeout", "0s")...), "--health-timeout"},
+		{append([]string{"update", "oci:/nonexistent"}, d.args("--method", "fastest")...), "--method"},
+		{append([]string{"status", "extra"}, d.args()...), "no arguments"},
+		{[]string{"delta", "oci:/nonexistent", "--from", "oci:/x", "--max-share", "0"}, "--max-share"},
+		{[]string{"verify", "oci:/nonexistent", "--trust", "t.json", "--cosign", "--envelope", "e.json"}, "--cosign"},
+		{[]string{"trust", "init", "--key", "k.pub", "--threshold", "0"}, "--threshold"},
+	} {
+		code, _, errs := otter(t, tc.args...)
+		if code != exitUsage || !strings.Contains(errs, tc.flag) {
+			t.Errorf("otter %v: exit %d, %q; want %d naming %s", tc.args, code, errs, exitUsage, tc.flag)
+		}
+	}
+}
