@@ -448,17 +448,18 @@ func runVerify(ctx context.Context, o verifyOpts, args []string, u *ui) error {
 		}
 		res.Verified, res.Via, res.Cosign = true, "cosign", claim
 	} else {
-		var envelopes [][]byte
+		// The device's rule (release.Verify), or the same rule over one
+		// detached statement.
+		var r *sign.Release
 		if o.envelope != "" {
-			data, err := os.ReadFile(o.envelope)
-			if err != nil {
-				return err
+			data, rerr := os.ReadFile(o.envelope)
+			if rerr != nil {
+				return rerr
 			}
-			envelopes = [][]byte{data}
-		} else if envelopes, err = release.Statements(ctx, ref, d, sign.ReleaseType, o.registry.io(nil)...); err != nil {
-			return err
+			_, r, err = sign.VerifyReleases([][]byte{data}, p)
+		} else {
+			_, r, err = release.Verify(ctx, ref, d, p, o.registry.io(nil)...)
 		}
-		_, r, err := sign.VerifyReleases(envelopes, p)
 		if err != nil {
 			return fmt.Errorf("%s: %w", ref, err)
 		}
