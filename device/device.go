@@ -16,6 +16,7 @@ import (
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/nixdb"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/sign"
 	"github.com/otter-fleet/otter/state"
@@ -54,6 +55,14 @@ type Config struct {
 	Progress bundle.Progress
 	// NoFsync skips syncs, for scratch devices in tests and benchmarks.
 	NoFsync bool
+	// Nix, when set, is the Nix database of Store: paths are registered,
+	// generations rooted in the profile NixProfile (default
+	// STORE/../var/nix/profiles/otter), gc goes through Nix, and a NixOS
+	// release is switched to with switch-to-configuration test, then
+	// NixOSSwitch ("boot", the default, or "switch") once healthy.
+	Nix         *nixdb.DB
+	NixProfile  string
+	NixOSSwitch string
 }
 
 // Device is an opened device state; it holds the state lock.

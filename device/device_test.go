@@ -65,7 +65,10 @@ type published struct {
 	closures []*nix.Closure
 }
 
-func publish(t *testing.T, n int) *published {
+func publish(t *testing.T, n int) *published { return publishTrees(t, n, demo.WriteRelease) }
+
+// publishTrees publishes the releases write makes (1..n) as publish does.
+func publishTrees(t *testing.T, n int, write func(store string, i int) (*nix.Closure, error)) *published {
 	t.Helper()
 	ctx := context.Background()
 	key, err := sign.GenerateKey(sign.Ed25519)
@@ -82,7 +85,7 @@ func publish(t *testing.T, n int) *published {
 	var prevDigest v1.Hash
 	for i := 1; i <= n; i++ {
 		store := testutil.TempStore(t)
-		c, err := demo.WriteRelease(store, i)
+		c, err := write(store, i)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -67,6 +67,9 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 			if err := d.st.Drop(j.To); err != nil {
 				return nil, err
 			}
+			if err := d.syncProfile(ctx); err != nil {
+				return nil, err
+			}
 		}
 		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "interrupted",
 			Reason: fmt.Sprintf("interrupted while in phase %q; still on generation %d; downloads kept", j.Phase, j.From)})
@@ -87,11 +90,14 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 		if err := d.st.Drop(j.To); err != nil {
 			return nil, err
 		}
+		if err := d.syncProfile(ctx); err != nil {
+			return nil, err
+		}
 		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "interrupted",
 			Reason: fmt.Sprintf("interrupted before generation %d passed its health check; back on generation %d", j.To, j.From)})
 	case phaseCommit:
 		rec.Action = "completed"
-		if _, err := d.gc(); err != nil {
+		if _, err := d.gc(ctx); err != nil {
 			return nil, err
 		}
 		err = d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.To, Result: "ok"})

@@ -16,7 +16,7 @@ import (
 // gc keeps the current generation and the newest others, Keep in all, and
 // removes every store path none of them uses. It runs only without an
 // update in progress before the commit (the caller holds the lock).
-func (d *Device) gc() ([]string, error) {
+func (d *Device) gc(ctx context.Context) ([]string, error) {
 	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err
@@ -31,8 +31,16 @@ func (d *Device) gc() ([]string, error) {
 		keep[gens[i]] = true
 	}
 	live := map[string]bool{}
+	var candidates []string // with Nix: the paths of the generations removed
 	for _, n := range gens {
 		if !keep[n] {
+			if d.c.Nix != nil {
+				if g, err := d.loadGeneration(n); err == nil {
+					for _, p := range g.Config.Paths {
+						candidates = append(candidates, p.Path)
+					}
+				}
+			}
 			if err := state.RemoveRenamed(d.st.Path("generations"), strconv.Itoa(n), ".gc-"); err != nil {
 				return nil, err
 			}
@@ -51,6 +59,9 @@ func (d *Device) gc() ([]string, error) {
 	}
 	if len(live) == 0 {
 		return []string{}, nil // nothing installed: collect nothing
+	}
+	if d.c.Nix != nil {
+		return d.nixGC(ctx, candidates, live)
 	}
 	ents, err := os.ReadDir(d.c.Store)
 	if err != nil {
@@ -71,7 +82,7 @@ func (d *Device) gc() ([]string, error) {
 }
 
 // GC collects old generations and unused store paths.
-func (d *Device) GC() ([]string, error) { return d.gc() }
+func (d *Device) GC(ctx context.Context) ([]string, error) { return d.gc(ctx) }
 
 // Rollback switches to the newest generation older than the current one
 // and activates it.
@@ -103,6 +114,11 @@ func (d *Device) Rollback(ctx context.Context) (*Outcome, error) {
 	o := Outcome{Action: "rollback", Target: g.Digest, From: cur, To: prev, Result: "ok"}
 	if err := d.activate(ctx, prev); err != nil {
 		o.Result, o.Reason = "failed", "activation: "+err.Error()
+	} else if err := d.nixosCommit(ctx, prev); err != nil {
+		o.Result, o.Reason = "failed", "switch-to-configuration: "+err.Error()
+	}
+	if err := d.syncProfile(ctx); err != nil {
+		return nil, err
 	}
 	if err := d.record(o); err != nil {
 		return nil, err
@@ -112,8 +128,11 @@ func (d *Device) Rollback(ctx context.Context) (*Outcome, error) {
 
 // Status is what otter status reports.
 type Status struct {
-	Store       string        `json:"store"`
-	State       string        `json:"state"`
+	Store string `json:"store"`
+	State string `json:"state"`
+	// Mode is "nix" when otter registers with the store's Nix database
+	// (docs/device.md), else "plain".
+	Mode        string        `json:"mode"`
 	Current     *Generation   `json:"current"`
 	Generations []*Generation `json:"generations"`
 	Last        *Outcome      `json:"last,omitempty"`
@@ -129,7 +148,7 @@ type Status struct {
 
 // Status reads the device state.
 func (d *Device) Status() (*Status, error) {
-	s := &Status{Store: d.c.Store, State: d.c.State, Generations: []*Generation{}, Downloads: []string{}}
+	s := &Status{Store: d.c.Store, State: d.c.State, Mode: d.Mode(), Generations: []*Generation{}, Downloads: []string{}}
 	gens, err := d.st.Generations()
 	if err != nil {
 		return nil, err

@@ -231,6 +231,10 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	crashPoint("fetched")
 
+	newClosure := cfgClosure(cfg, target)
+	if err := d.nixCheck(ctx, newClosure); err != nil {
+		return fail(err)
+	}
 	if err := d.setPhase(j, phaseApply); err != nil {
 		return nil, err
 	}
@@ -256,6 +260,12 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		}
 	}
 	crashPoint("applied")
+	// With Nix, every path of the release is valid before a generation
+	// names it.
+	if err := d.nixRegister(ctx, newClosure); err != nil {
+		return fail(err)
+	}
+	crashPoint("registered")
 
 	// The new generation, complete before anything names it.
 	gens, err := d.st.Generations()
@@ -274,6 +284,10 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return fail(err)
 	}
 	crashPoint("generation")
+	// Rooted in the Nix profile before anything switches to it.
+	if err := d.syncProfile(ctx); err != nil {
+		return fail(err)
+	}
 	if err := d.setPhase(j, phaseSwitch); err != nil {
 		return nil, err
 	}
@@ -289,11 +303,14 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
 	}
 	crashPoint("healthy")
+	if err := d.nixosCommit(ctx, to); err != nil {
+		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
+	}
 	if err := d.setPhase(j, phaseCommit); err != nil {
 		return nil, err
 	}
 	res.To = to
-	if res.Collected, err = d.gc(); err != nil {
+	if res.Collected, err = d.gc(ctx); err != nil {
 		return nil, err
 	}
 	// The downloads served their purpose.
@@ -309,6 +326,15 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	crashPoint("committed")
 	return res, d.st.Remove(state.Journal)
+}
+
+// cfgClosure is the new release's closure: from the patch's target when
+// updating by patch, else from the bundle config.
+func cfgClosure(cfg *bundle.Config, target *delta.Target) *nix.Closure {
+	if target != nil {
+		return target.Config.Closure()
+	}
+	return cfg.Closure()
 }
 
 // policy is what a statement for digest must satisfy on this device.
@@ -359,13 +385,26 @@ func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[stri
 	if err := d.st.Switch(j.From); err != nil {
 		return nil, err
 	}
+	// Stopped (SIGTERM) or not, the old release is activated again.
+	ctx = context.WithoutCancel(ctx)
 	if j.From > 0 {
-		// Stopped (SIGTERM) or not, the old release is activated again.
-		if err := d.activate(context.WithoutCancel(ctx), j.From); err != nil {
+		if err := d.activate(ctx, j.From); err != nil {
 			cause = fmt.Errorf("%w; reactivating generation %d also failed: %v", cause, j.From, err)
 		}
 	}
+	if d.c.Nix != nil {
+		// The failed system leaves the system profile, the failed
+		// generation the otter profile.
+		if g, err := d.loadGeneration(j.To); err == nil && d.nixosScript(g.Root) != "" {
+			if err := d.dropSystem(ctx, g.Root); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := d.st.Drop(j.To); err != nil {
+		return nil, err
+	}
+	if err := d.syncProfile(ctx); err != nil {
 		return nil, err
 	}
 	failed[j.Target] = cause.Error()
@@ -465,8 +504,18 @@ func (d *Device) ioWithProgress() []oci.IOOption {
 	return append(append([]oci.IOOption{}, d.c.IO...), oci.WithIOProgress(d.c.Progress))
 }
 
-// activate runs the activation command for generation n.
-func (d *Device) activate(ctx context.Context, n int) error { return d.run(ctx, d.c.Activate, n) }
+// activate activates generation n: a NixOS system first the NixOS way
+// (nixosActivate), then the activation command.
+func (d *Device) activate(ctx context.Context, n int) error {
+	g, err := d.loadGeneration(n)
+	if err != nil {
+		return err
+	}
+	if err := d.nixosActivate(ctx, g); err != nil {
+		return err
+	}
+	return d.run(ctx, d.c.Activate, n)
+}
 
 func (d *Device) healthCheck(ctx context.Context, n int) error { return d.run(ctx, d.c.Health, n) }
 

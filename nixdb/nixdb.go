@@ -326,3 +326,43 @@ func (db *DB) Delete(ctx context.Context, paths []string) ([]string, error) {
 	}
 	return del, nil
 }
+
+// SetRoots makes the garbage-collector roots in gcroots/<dir> exactly
+// one symlink per entry of roots, named by its key, to the store path it
+// gives: Nix's collector keeps them whatever happens to profiles
+// (nix-collect-garbage -d deletes old profile generations). Each link is
+// replaced atomically.
+func (db *DB) SetRoots(dir string, roots map[int]string) error {
+	rd := filepath.Join(db.StateDir(), "gcroots", dir)
+	if err := os.MkdirAll(rd, 0o755); err != nil {
+		return err
+	}
+	for n, target := range roots {
+		name := filepath.Join(rd, strconv.Itoa(n))
+		if cur, err := os.Readlink(name); err == nil && cur == target {
+			continue
+		}
+		tmp := name + ".tmp"
+		os.Remove(tmp)
+		if err := os.Symlink(target, tmp); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, name); err != nil {
+			return err
+		}
+	}
+	ents, err := os.ReadDir(rd)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if _, keep := roots[n]; err == nil && keep {
+			continue
+		}
+		if err := os.Remove(filepath.Join(rd, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}

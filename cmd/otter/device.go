@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otter-fleet/otter/device"
+	"github.com/otter-fleet/otter/nixdb"
 )
 
 func deviceFlags() []cli.Flag {
@@ -26,6 +27,9 @@ func deviceFlags() []cli.Flag {
 		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
 		&cli.StringFlag{Name: "at", Usage: "act as of this RFC 3339 time instead of now", Hidden: true},
+		&cli.StringFlag{Name: "nix", Value: "auto", Usage: "register paths with Nix's database and root generations in a Nix profile: auto (when STORE/../var/nix/db exists), on or off"},
+		&cli.StringFlag{Name: "nix-profile", Usage: "the Nix profile otter's generations are generations of (default STORE/../var/nix/profiles/otter)"},
+		&cli.StringFlag{Name: "nixos-switch", Value: "boot", Usage: "for a NixOS release, what switch-to-configuration does once it is healthy: boot or switch"},
 	)
 }
 
@@ -46,6 +50,8 @@ type deviceOpts struct {
 	healthTimeout         time.Duration
 	noFsync               bool
 	at                    time.Time // zero: now
+	// nix is auto, on or off; nixProfile and nixosSwitch as device.Config.
+	nix, nixProfile, nixosSwitch string
 }
 
 func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
@@ -53,7 +59,7 @@ func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
 		registry: registryOptsFrom(c), store: c.String("store"), state: c.String("state"), trust: c.String("trust"),
 		channel: c.String("channel"), system: c.String("system"), keep: c.Int("keep"), retries: c.Int("retries"),
 		activate: c.String("activate"), healthCheck: c.String("health-check"), healthTimeout: c.Duration("health-timeout"),
-		noFsync: c.Bool("no-fsync"),
+		noFsync: c.Bool("no-fsync"), nix: c.String("nix"), nixProfile: c.String("nix-profile"), nixosSwitch: c.String("nixos-switch"),
 	}
 	if at := c.String("at"); at != "" {
 		t, err := time.Parse(time.RFC3339, at)
@@ -77,6 +83,10 @@ func (o deviceOpts) validate() error {
 		return usageErrorf("--health-timeout %v: must be positive", o.healthTimeout)
 	case o.store == "" || o.state == "":
 		return usageErrorf("--store and --state must name directories")
+	case o.nix != "auto" && o.nix != "on" && o.nix != "off":
+		return usageErrorf("--nix %q: auto, on or off", o.nix)
+	case o.nixosSwitch != "boot" && o.nixosSwitch != "switch":
+		return usageErrorf("--nixos-switch %q: boot or switch", o.nixosSwitch)
 	}
 	return nil
 }
@@ -92,6 +102,13 @@ func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 	if !o.at.IsZero() {
 		at := o.at
 		cfg.Now = func() time.Time { return at }
+	}
+	if o.nix == "on" || o.nix == "auto" && nixdb.Detect(o.store) {
+		db, err := nixdb.Open(o.store)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Nix, cfg.NixProfile, cfg.NixOSSwitch = db, o.nixProfile, o.nixosSwitch
 	}
 	if needTrust {
 		path := o.trust
@@ -297,8 +314,8 @@ func gcCommand() *cli.Command {
 		Name:  "gc",
 		Usage: "remove old generations beyond --keep and store paths no generation uses",
 		Flags: deviceFlags(),
-		Action: deviceAction(false, func(_ context.Context, d *device.Device, _ *device.Recovery, u *ui) error {
-			collected, err := d.GC()
+		Action: deviceAction(false, func(ctx context.Context, d *device.Device, _ *device.Recovery, u *ui) error {
+			collected, err := d.GC(ctx)
 			if err != nil {
 				return err
 			}
