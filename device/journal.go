@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/state"
 )
 
@@ -29,6 +30,10 @@ type journal struct {
 	Target string `json:"target"`
 	From   int    `json:"from"`
 	To     int    `json:"to,omitempty"`
+	// Paths, on a Nix store, are the new release's paths with their NAR
+	// hashes and references, written before any is renamed into the
+	// store: recovery registers those it finds complete.
+	Paths []nix.PathInfo `json:"paths,omitempty"`
 }
 
 func (d *Device) setPhase(j *journal, phase string) error {
@@ -63,6 +68,12 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 	switch j.Phase {
 	case phaseFetch, phaseApply:
 		rec.Action = "discarded"
+		// A power loss between renaming a path into a Nix store and
+		// registering it leaves it complete but invalid: the journal names
+		// it, so it is registered (after its NAR hash is checked).
+		if err := d.nixRegisterPresent(ctx, j.Paths); err != nil {
+			return nil, err
+		}
 		if j.To > 0 {
 			if err := d.st.Drop(j.To); err != nil {
 				return nil, err

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/state"
 )
 
 // A device whose store Nix owns (docs/device.md, "Devices with Nix and
@@ -233,4 +234,40 @@ func (d *Device) nixGC(ctx context.Context, candidates []string, live map[string
 		collected = []string{}
 	}
 	return collected, err
+}
+
+// nixRegisterPresent registers those of the paths that are complete in
+// the store but not valid; a path whose content is not its NAR hash is
+// removed instead (it never is: paths appear only by rename after their
+// hash was checked).
+func (d *Device) nixRegisterPresent(ctx context.Context, paths []nix.PathInfo) error {
+	if d.c.Nix == nil || len(paths) == 0 {
+		return nil
+	}
+	var names []string
+	for _, p := range paths {
+		names = append(names, p.Path)
+	}
+	valid, err := d.c.Nix.Valid(ctx, names)
+	if err != nil {
+		return err
+	}
+	var reg []nix.PathInfo
+	for _, p := range paths {
+		if _, ok := valid[p.Path]; ok {
+			continue
+		}
+		on := filepath.Join(d.c.Store, nix.BaseName(p.Path))
+		if _, err := os.Lstat(on); err != nil {
+			continue
+		}
+		if h, size, err := nix.HashPath(on); err != nil || h != p.NarHash || size != p.NarSize {
+			if err := state.RemoveRenamed(d.c.Store, nix.BaseName(p.Path), ".otter-gc-"); err != nil {
+				return err
+			}
+			continue
+		}
+		reg = append(reg, p)
+	}
+	return d.c.Nix.RegisterPaths(ctx, reg)
 }

@@ -228,6 +228,13 @@ func TestNixPowerLoss(t *testing.T) {
 				t.Fatalf("stopped at %s, recovered to %s, want release %d", point, g.Digest, want+1)
 			}
 			checkNixStore(t, root, p.closures[want])
+			// No path of release 2 lies in the store unregistered: recovery
+			// registered what the journal named.
+			for _, q := range p.closures[1].Paths {
+				if _, err := os.Lstat(filepath.Join(store, nix.BaseName(q.Path))); err == nil {
+					nixCmd(t, root, "nix-store", "--check-validity", q.Path)
+				}
+			}
 			if s, pr := statusRoots(t, d), profileRoots(t, store); strings.Join(s, " ") != strings.Join(pr, " ") {
 				t.Fatalf("otter's generations %v, the profile's %v", s, pr)
 			}
@@ -312,6 +319,22 @@ func TestNixOSOrder(t *testing.T) {
 		}
 	}
 	checkNixStore(t, root, p.closures[1])
+	// otter rollback goes back the same way: test, then boot.
+	os.Remove(log)
+	if _, err := d.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(log); string(got) != "release-1 test\nrelease-1 boot\n" {
+		t.Fatalf("rollback called:\n%s", got)
+	}
+	if l := profileTarget(t, system); l != p.closures[0].Root {
+		t.Fatalf("the system profile names %s after otter rollback", l)
+	}
+	// nix-env lists the otter profile's generations as otter status does.
+	out := nixCmd(t, root, "nix-env", "-p", filepath.Join(root, "nix", "var", "nix", "profiles", "otter"), "--list-generations")
+	if n := len(strings.Split(strings.TrimSpace(out), "\n")); n != len(statusRoots(t, d)) {
+		t.Fatalf("nix-env lists %d generations, otter %d:\n%s", n, len(statusRoots(t, d)), out)
+	}
 }
 
 // TestNixRefusals: a path Nix holds with another NAR hash, and a

@@ -235,6 +235,9 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.nixCheck(ctx, newClosure); err != nil {
 		return fail(err)
 	}
+	if d.c.Nix != nil {
+		j.Paths = newClosure.Paths
+	}
 	if err := d.setPhase(j, phaseApply); err != nil {
 		return nil, err
 	}

@@ -190,8 +190,17 @@ func (db *DB) Check(ctx context.Context, c *nix.Closure) error {
 // another hash is ErrConflict); every other path must be in the store
 // with exactly the closure's NAR hash, which Register checks first.
 func (db *DB) Register(ctx context.Context, c *nix.Closure) error {
+	return db.RegisterPaths(ctx, c.Paths)
+}
+
+// RegisterPaths registers the given paths as Register does; their
+// references must be valid or among them.
+func (db *DB) RegisterPaths(ctx context.Context, infos []nix.PathInfo) error {
+	if len(infos) == 0 {
+		return nil
+	}
 	var paths []string
-	for _, p := range c.Paths {
+	for _, p := range infos {
 		paths = append(paths, p.Path)
 	}
 	valid, err := db.Valid(ctx, paths)
@@ -200,7 +209,7 @@ func (db *DB) Register(ctx context.Context, c *nix.Closure) error {
 	}
 	var in bytes.Buffer
 	n := 0
-	for _, p := range c.Paths {
+	for _, p := range infos {
 		if h, ok := valid[p.Path]; ok {
 			if h != p.NarHash {
 				return fmt.Errorf("%w: %s is valid with NAR hash %s, the release says %s", ErrConflict, p.Path, h, p.NarHash)

@@ -261,6 +261,7 @@ func statusCommand() *cli.Command {
 			}
 			st.Recovered = rec
 			return u.result(st, func(w io.Writer) {
+				fmt.Fprintf(w, "store %s (%s)\n", st.Store, map[string]string{"nix": "Nix owns it: paths registered, generations in a Nix profile", "plain": "no Nix database"}[st.Mode])
 				switch g := st.Current; {
 				case g == nil:
 					fmt.Fprintln(w, "nothing installed")
