@@ -60,6 +60,7 @@ func TestChooseMethod(t *testing.T) {
 // stable, with a signed patch from each to the next.
 type published struct {
 	layout   string
+	key      crypto.Signer
 	trust    *sign.Trust
 	digests  []string
 	closures []*nix.Closure
@@ -79,7 +80,7 @@ func publishTrees(t *testing.T, n int, write func(store string, i int) (*nix.Clo
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &published{layout: filepath.Join(t.TempDir(), "l"), trust: trust}
+	p := &published{layout: filepath.Join(t.TempDir(), "l"), key: key, trust: trust}
 	signer := release.Signer{Keys: []crypto.Signer{key}, Now: time.Now().Add(-time.Hour), Expires: time.Now().Add(24 * time.Hour)}
 	var prev *bundle.Bundle
 	var prevDigest v1.Hash

@@ -1,8 +1,11 @@
 package device_test
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,11 +17,17 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/nixdb"
+	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/release"
+	"github.com/otter-fleet/otter/sign"
 )
 
 // nixRoot is a chroot store ROOT/nix/store with its Nix database.
@@ -142,6 +151,17 @@ func TestNixDevice(t *testing.T) {
 		}
 	}
 	nixCmd(t, root, "nix-store", "--check-validity", ownPath)
+	// Nix's own path, after otter; and nix-env sees otter's generations.
+	os.WriteFile(own, []byte("added after otter\n"), 0o644)
+	ownAfter := strings.TrimSpace(nixCmd(t, root, "nix-store", "--add", own))
+	list := nixCmd(t, root, "nix-env", "-p", filepath.Join(root, "nix", "var", "nix", "profiles", "otter"), "--list-generations")
+	if n := len(strings.Split(strings.TrimSpace(list), "\n")); n != len(statusRoots(t, d)) {
+		t.Fatalf("nix-env lists %d generations, otter status %d:\n%s", n, len(statusRoots(t, d)), list)
+	}
+	if _, err := d.Update(ctx, p.ref(t, 3), device.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nixCmd(t, root, "nix-store", "--check-validity", ownPath, ownAfter)
 	d.Close()
 
 	d = openNixDevice(t, p, store, st, 2)
@@ -424,4 +444,90 @@ func profileTarget(t *testing.T, profile string) string {
 		t.Fatal(err)
 	}
 	return target
+}
+
+// TestNixRefusesAnOpenClosure: a signed release whose config is not
+// closed (a path refers to one the bundle lacks) is refused before
+// anything is registered.
+func TestNixRefusesAnOpenClosure(t *testing.T) {
+	ctx := context.Background()
+	p := publish(t, 2)
+	root, store := nixRoot(t)
+	d := openNixDevice(t, p, store, t.TempDir(), 3)
+	defer d.Close()
+	if _, err := d.Update(ctx, p.ref(t, 1), device.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	validBefore := nixCmd(t, root, "nix-store", "--query", "--requisites", p.closures[0].Root)
+	// Release 2 without its greeting path, which hello refers to.
+	ref := p.ref(t, 2)
+	img, err := oci.OpenManifest(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	rawCfg, _ := img.RawConfigFile()
+	var cfg map[string]any
+	json.Unmarshal(rawCfg, &cfg)
+	paths := cfg["paths"].([]any)
+	drop := -1
+	for i, q := range paths {
+		if strings.Contains(q.(map[string]any)["path"].(string), "greeting") {
+			drop = i
+		}
+	}
+	cfg["paths"] = append(paths[:drop:drop], paths[drop+1:]...)
+	rootfs := cfg["rootfs"].(map[string]any)
+	ids := rootfs["diff_ids"].([]any)
+	rootfs["diff_ids"] = append(ids[:drop:drop], ids[drop+1:]...)
+	newCfg, _ := json.Marshal(cfg)
+	layers := append(append([]v1.Descriptor{}, m.Layers[:drop]...), m.Layers[drop+1:]...)
+	nm := *m
+	nm.Layers = layers
+	cd, cs, _ := v1.SHA256(bytes.NewReader(newCfg))
+	nm.Config.Digest, nm.Config.Size = cd, cs
+	rawM, _ := json.Marshal(nm)
+	md, ms, _ := v1.SHA256(bytes.NewReader(rawM))
+	for _, blob := range [][]byte{newCfg, rawM} {
+		h, _, _ := v1.SHA256(bytes.NewReader(blob))
+		os.WriteFile(filepath.Join(p.layout, "blobs", "sha256", h.Hex), blob, 0o644)
+	}
+	idxPath := filepath.Join(p.layout, "index.json")
+	idx, _ := os.ReadFile(idxPath)
+	var im v1.IndexManifest
+	json.Unmarshal(idx, &im)
+	im.Manifests = append(im.Manifests, v1.Descriptor{MediaType: m.MediaType, Digest: md, Size: ms, ArtifactType: m.ArtifactType,
+		Annotations: map[string]string{"org.opencontainers.image.ref.name": "open"}})
+	idx, _ = json.Marshal(im)
+	os.WriteFile(idxPath, idx, 0o644)
+	openRef, _ := oci.ParseRef("oci:"+p.layout+":open", false)
+	signer := release.Signer{Keys: []crypto.Signer{p.key}, Now: time.Now().Add(-time.Hour), Expires: time.Now().Add(time.Hour)}
+	desc := v1.Descriptor{MediaType: m.MediaType, Digest: md, Size: ms}
+	st, err := signer.Statement(desc, &bundle.Config{System: "aarch64-linux", Root: p.closures[1].Root}, 2, "stable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := st.Marshal()
+	env, _ := signer.Seal(sign.ReleaseType, payload)
+	if _, _, err := signer.AttachRelease(ctx, openRef, desc, st, env, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Update(ctx, openRef, device.UpdateOptions{Method: "layers"})
+	if !errors.Is(err, bundle.ErrConfig) || !strings.Contains(err.Error(), "which the bundle lacks") {
+		t.Fatalf("a release whose closure is not closed: %v", err)
+	}
+	if after := nixCmd(t, root, "nix-store", "--query", "--requisites", p.closures[0].Root); after != validBefore {
+		t.Fatal("the database changed")
+	}
+	for _, q := range p.closures[1].Paths {
+		if p.closures[0].Lookup(q.Path) != nil {
+			continue
+		}
+		if out, err := exec.Command("nix-store", "--store", root, "--check-validity", q.Path).CombinedOutput(); err == nil {
+			t.Fatalf("%s was registered: %s", q.Path, out)
+		}
+	}
+	if g, _ := d.Current(); g.Digest != p.digests[0] {
+		t.Fatal("the device moved")
+	}
 }

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/testutil"
 )
 
@@ -23,6 +26,8 @@ func TestOptionsRefuseBadValues(t *testing.T) {
 		{append([]string{"update", "oci:/nonexistent"}, d.args("--health-timeout", "0s")...), "--health-timeout"},
 		{append([]string{"update", "oci:/nonexistent"}, d.args("--method", "fastest")...), "--method"},
 		{append([]string{"status", "extra"}, d.args()...), "no arguments"},
+		{append([]string{"status"}, d.args("--nix", "maybe")...), "--nix"},
+		{append([]string{"status"}, d.args("--nixos-switch", "reboot")...), "--nixos-switch"},
 		{[]string{"delta", "oci:/nonexistent", "--from", "oci:/x", "--max-share", "0"}, "--max-share"},
 		{[]string{"verify", "oci:/nonexistent", "--trust", "t.json", "--cosign", "--envelope", "e.json"}, "--cosign"},
 		{[]string{"trust", "init", "--key", "k.pub", "--threshold", "0"}, "--threshold"},
@@ -30,6 +35,32 @@ func TestOptionsRefuseBadValues(t *testing.T) {
 		code, _, errs := otter(t, tc.args...)
 		if code != exitUsage || !strings.Contains(errs, tc.flag) {
 			t.Errorf("otter %v: exit %d, %q; want %d naming %s", tc.args, code, errs, exitUsage, tc.flag)
+		}
+	}
+}
+
+// TestNixModeDetected: a store with a Nix database beside it is a Nix
+// store unless --nix off; status says which.
+func TestNixModeDetected(t *testing.T) {
+	_, err := exec.LookPath("nix-store")
+	testutil.Require(t, err == nil, "nix-store (Debian's nix-bin)")
+	root := testutil.TempStore(t)
+	store := filepath.Join(root, "nix", "store")
+	os.MkdirAll(store, 0o755)
+	if out, err := exec.Command("nix-store", "--store", root, "--verify").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	for _, tc := range []struct {
+		store, nix, want string
+	}{
+		{store, "auto", "nix"},
+		{store, "off", "plain"},
+		{testutil.TempStore(t), "auto", "plain"},
+	} {
+		var st device.Status
+		otterJSON(t, &st, "status", "--store", tc.store, "--state", t.TempDir(), "--nix", tc.nix)
+		if st.Mode != tc.want {
+			t.Errorf("--store %s --nix %s: mode %q, want %q", tc.store, tc.nix, st.Mode, tc.want)
 		}
 	}
 }
