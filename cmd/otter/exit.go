@@ -16,6 +16,7 @@ import (
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/nixdb"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
@@ -132,8 +133,12 @@ func exitCode(err error) int {
 		return exitRolledBack
 	case errors.Is(err, device.ErrKnownBad):
 		return exitKnownBad
-	case errors.Is(err, device.ErrBusy):
+	case errors.Is(err, device.ErrBusy), errors.Is(err, nixdb.ErrBusy):
 		return exitBusy
+	case errors.Is(err, nixdb.ErrConflict):
+		return exitIntegrity
+	case errors.Is(err, nixdb.ErrNoNix):
+		return exitSetup
 	}
 	return exitError
 }

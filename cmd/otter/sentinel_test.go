@@ -19,6 +19,7 @@ import (
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/nixdb"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
@@ -40,7 +41,8 @@ var sentinels = map[string]error{
 	"image.ErrTooSmall": image.ErrTooSmall, "image.ErrBootFiles": image.ErrBootFiles, "image.ErrUnknownBoard": image.ErrUnknownBoard, "image.ErrTool": image.ErrTool,
 	"nix.ErrNotClosed": nix.ErrNotClosed, "nix.ErrNotInClosure": nix.ErrNotInClosure, "nix.ErrStorePath": nix.ErrStorePath, "nix.ErrNARFormat": nix.ErrNARFormat, "nix.ErrHashFormat": nix.ErrHashFormat,
 	"oci.ErrNotFound": oci.ErrNotFound, "oci.ErrUnauthorized": oci.ErrUnauthorized, "oci.ErrRef": oci.ErrRef, "oci.ErrTooLarge": oci.ErrTooLarge,
-	"state.ErrDamaged":      state.ErrDamaged,
+	"state.ErrDamaged": state.ErrDamaged,
+	"nixdb.ErrNoNix":   nixdb.ErrNoNix, "nixdb.ErrBusy": nixdb.ErrBusy, "nixdb.ErrConflict": nixdb.ErrConflict, "nixdb.ErrNix": nixdb.ErrNix,
 	"pipelines.ErrTagTaken": pipelines.ErrTagTaken, "pipelines.ErrReleaseFile": pipelines.ErrReleaseFile,
 	"sign.ErrTrust": sign.ErrTrust, "sign.ErrKey": sign.ErrKey, "sign.ErrPassphrase": sign.ErrPassphrase, "sign.ErrBadSignature": sign.ErrBadSignature,
 	"sign.ErrUnknownKey": sign.ErrUnknownKey, "sign.ErrThreshold": sign.ErrThreshold, "sign.ErrExpired": sign.ErrExpired, "sign.ErrRollback": sign.ErrRollback,
@@ -58,7 +60,7 @@ func TestSentinelExitCodes(t *testing.T) {
 	}
 	// The sentinels the source declares.
 	declared := map[string]bool{}
-	for _, pkg := range []string{"build", "bundle", "delta", "device", "image", "nix", "oci", "pipelines", "sign", "state"} {
+	for _, pkg := range []string{"build", "bundle", "delta", "device", "image", "nix", "nixdb", "oci", "pipelines", "sign", "state"} {
 		fset := token.NewFileSet()
 		files, _ := filepath.Glob(filepath.Join(root, pkg, "*.go"))
 		for _, f := range files {
