@@ -31,6 +31,7 @@ func TestDependencyFences(t *testing.T) {
 		"./device":          {cliPkg},
 		"./pipelines":       {cliPkg},
 		"./internal/fsutil": {httpPkg, cliPkg},
+		"./nixdb":           {httpPkg, remotePkg, cliPkg, otterPkg + "oci", otterPkg + "sign", otterPkg + "device"},
 	}
 	// Only cmd/ speaks urfave/cli: every other package of the module.
 	all, err := exec.Command("go", "list", "./...").Output()
