@@ -1,15 +1,13 @@
 package pipelines
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"regexp"
 	"strings"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/otter-fleet/otter/internal/yamlfile"
 	"github.com/otter-fleet/otter/nix"
 )
 
@@ -32,8 +30,8 @@ type ReleaseFile struct {
 	Patches Patches  `yaml:"patches"`
 	Image   *Image   `yaml:"image"`
 
-	path  string
-	lines map[string]int
+	path string
+	file *yamlfile.File
 }
 
 // Target is one closure to build and publish.
@@ -97,78 +95,22 @@ func LoadReleaseFile(path string) (*ReleaseFile, error) {
 
 // ParseReleaseFile parses a release file's bytes; path is for messages.
 func ParseReleaseFile(path string, data []byte) (*ReleaseFile, error) {
-	rf := &ReleaseFile{path: path, lines: map[string]int{}}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrReleaseFile, path, yamlMessage(err))
+	rf := &ReleaseFile{path: path}
+	f, err := yamlfile.Decode(path, data, rf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrReleaseFile, err)
 	}
-	if len(root.Content) == 0 {
-		return nil, fmt.Errorf("%w: %s: empty", ErrReleaseFile, path)
-	}
-	recordLines(root.Content[0], "", rf.lines)
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(rf); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrReleaseFile, path, yamlMessage(err))
-	}
+	rf.file = f
 	if err := rf.validate(); err != nil {
 		return nil, err
 	}
 	return rf, nil
 }
 
-// yamlMessage turns "yaml: line 3: field x not found in type …" into
-// "line 3: unknown field x".
-func yamlMessage(err error) string {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
-	if i := strings.Index(msg, " not found in type"); i >= 0 && strings.Contains(msg, "field ") {
-		msg = strings.Replace(msg[:i], "field ", "unknown field ", 1)
-	}
-	return msg
-}
-
-// recordLines maps dotted field paths (targets[0].store.dir) to lines.
-func recordLines(n *yaml.Node, prefix string, out map[string]int) {
-	switch n.Kind {
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			key := n.Content[i].Value
-			if prefix != "" {
-				key = prefix + "." + key
-			}
-			out[key] = n.Content[i].Line
-			recordLines(n.Content[i+1], key, out)
-		}
-	case yaml.SequenceNode:
-		for i, c := range n.Content {
-			key := fmt.Sprintf("%s[%d]", prefix, i)
-			out[key] = c.Line
-			recordLines(c, key, out)
-		}
-	}
-}
-
 // fieldErr names the file, the line of field (or of its nearest parent)
 // and the field.
 func (rf *ReleaseFile) fieldErr(field, format string, a ...any) error {
-	line := 0
-	for f := field; f != ""; {
-		if l, ok := rf.lines[f]; ok {
-			line = l
-			break
-		}
-		i := strings.LastIndexAny(f, ".[")
-		if i < 0 {
-			break
-		}
-		f = f[:i]
-	}
-	where := rf.path
-	if line > 0 {
-		where = fmt.Sprintf("%s:%d", rf.path, line)
-	}
-	return fmt.Errorf("%w: %s: %s: %s", ErrReleaseFile, where, field, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%w: %v", ErrReleaseFile, rf.file.Err(field, format, a...))
 }
 
 func (rf *ReleaseFile) validate() error {
