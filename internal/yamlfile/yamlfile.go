@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -24,7 +26,7 @@ func Decode(path string, data []byte, v any) (*File, error) {
 	f := &File{Path: path, lines: map[string]int{}}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, message(err))
+		return nil, f.located(message(err))
 	}
 	if len(root.Content) == 0 {
 		return nil, fmt.Errorf("%s: empty", path)
@@ -33,9 +35,37 @@ func Decode(path string, data []byte, v any) (*File, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil {
-		return nil, fmt.Errorf("%s: %s", path, message(err))
+		return nil, f.located(message(err))
 	}
 	return f, nil
+}
+
+var lineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// located turns "line 9: msg" into "path:9: field: msg", naming the field
+// whose key is on that line.
+func (f *File) located(msg string) error {
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return fmt.Errorf("%s: %s", f.Path, msg)
+	}
+	line, _ := strconv.Atoi(m[1])
+	field := ""
+	for k, l := range f.lines {
+		if l == line && (field == "" || len(k) > len(field) || len(k) == len(field) && k < field) {
+			field = k
+		}
+	}
+	if field == "" || strings.Contains(m[2], "unknown field") {
+		return fmt.Errorf("%s:%d: %s", f.Path, line, m[2])
+	}
+	return fmt.Errorf("%s:%d: %s: %s", f.Path, line, field, m[2])
+}
+
+// LineError is an error at a line of the file, from a field's own
+// UnmarshalYAML (yaml does not add the line to those).
+func LineError(n *yaml.Node, format string, a ...any) error {
+	return fmt.Errorf("line %d: %s", n.Line, fmt.Sprintf(format, a...))
 }
 
 // message turns "yaml: line 3: field x not found in type …" into
