@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otter-fleet/otter/agent"
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/nixdb"
 )
@@ -27,6 +29,7 @@ func deviceFlags() []cli.Flag {
 		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
 		&cli.StringFlag{Name: "at", Usage: "act as of this RFC 3339 time instead of now", Hidden: true},
+		&cli.StringFlag{Name: "config", Value: agent.DefaultConfigPath, Usage: "the device config file (docs/device.md §7), read when it exists; flags override it"},
 		&cli.StringFlag{Name: "nix", Value: "auto", Usage: "register paths with Nix's database and root generations in a Nix profile: auto (when STORE/../var/nix/db exists), on or off"},
 		&cli.StringFlag{Name: "nix-profile", Usage: "the Nix profile otter's generations are generations of (default STORE/../var/nix/profiles/otter)"},
 		&cli.StringFlag{Name: "nixos-switch", Value: "boot", Usage: "for a NixOS release, what switch-to-configuration does once it is healthy: boot or switch"},
@@ -52,6 +55,8 @@ type deviceOpts struct {
 	at                    time.Time // zero: now
 	// nix is auto, on or off; nixProfile and nixosSwitch as device.Config.
 	nix, nixProfile, nixosSwitch string
+	// file is the device config file read, if any.
+	file *agent.Config
 }
 
 func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
@@ -68,7 +73,44 @@ func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
 		}
 		o.at = t
 	}
+	if err := o.fromConfigFile(c); err != nil {
+		return o, err
+	}
 	return o, o.validate()
+}
+
+// fromConfigFile takes every setting the device config file gives
+// (--config, default /etc/otter/device.yaml when it exists) that no flag
+// sets: flags override the file.
+func (o *deviceOpts) fromConfigFile(c *cli.Context) error {
+	path := c.String("config")
+	if !c.IsSet("config") {
+		if _, err := os.Stat(path); err != nil {
+			return nil // no config file: flags and their defaults
+		}
+	}
+	cfg, err := agent.Load(path)
+	if err != nil {
+		return err
+	}
+	o.file = cfg
+	take := func(flag string, set func()) {
+		if !c.IsSet(flag) {
+			set()
+		}
+	}
+	take("store", func() { o.store = cfg.Store })
+	take("state", func() { o.state = cfg.State })
+	take("trust", func() { o.trust = cfg.Trust })
+	take("channel", func() { o.channel = cfg.Channel })
+	take("system", func() { o.system = cfg.System })
+	take("keep", func() { o.keep = cfg.Keep })
+	take("activate", func() { o.activate = cfg.Activate })
+	take("health-check", func() { o.healthCheck = cfg.HealthCheck })
+	take("health-timeout", func() { o.healthTimeout = cfg.HealthTimeout.Duration })
+	take("nix", func() { o.nix = cfg.Nix })
+	take("insecure", func() { o.registry.insecure = cfg.Insecure })
+	return nil
 }
 
 // validate refuses values a device cannot work with, instead of
@@ -214,8 +256,11 @@ An interrupted update is finished or undone by the next otter command.`,
 }
 
 func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
+	if len(args) == 0 && o.device.file != nil {
+		args = []string{o.device.file.Release} // the release the config file follows
+	}
 	if len(args) != 1 {
-		return usageErrorf("update takes one reference, got %d arguments", len(args))
+		return usageErrorf("update takes one reference (or a config file naming the release), got %d arguments", len(args))
 	}
 	deviceMemoryLimit()
 	s, err := resolveArchive(args[0])

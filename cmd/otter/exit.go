@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/otter-fleet/otter/agent"
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
@@ -121,7 +122,7 @@ func exitCode(err error) int {
 		return exitRegistry
 	case errors.Is(err, oci.ErrTooLarge), errors.Is(err, nix.ErrNARFormat), errors.Is(err, device.ErrState), errors.Is(err, device.ErrNoPrevious):
 		return exitInvalid
-	case errors.Is(err, pipelines.ErrReleaseFile):
+	case errors.Is(err, pipelines.ErrReleaseFile), errors.Is(err, agent.ErrConfig):
 		return exitUsage
 	case errors.Is(err, pipelines.ErrTagTaken):
 		return exitInvalid

@@ -64,3 +64,31 @@ func TestNixModeDetected(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceConfigFile: device commands read the config file, flags
+// override it, and a bad file is refused naming file:line and field.
+func TestDeviceConfigFile(t *testing.T) {
+	base := "oci:" + filepath.Join(t.TempDir(), "l")
+	trust, digests, _ := fleet(t, base, 1)
+	store, state := testutil.TempStore(t), t.TempDir()
+	conf := filepath.Join(t.TempDir(), "device.yaml")
+	os.WriteFile(conf, []byte("version: 1\nrelease: "+base+":r1\nchannel: stable\ntrust: "+trust+"\nstore: "+store+"\nstate: "+state+"\nkeep: 2\n"), 0o644)
+	var res device.UpdateResult
+	otterJSON(t, &res, "update", "--config", conf)
+	if res.Target != digests[0] {
+		t.Fatalf("update from the config file: %+v", res)
+	}
+	var st device.Status
+	otterJSON(t, &st, "status", "--config", conf)
+	if st.Store != store || st.Current == nil {
+		t.Fatalf("status from the config file: %+v", st)
+	}
+	// A flag overrides the file.
+	if code, _, errs := otter(t, "gc", "--config", conf, "--keep", "0"); code != exitUsage || !strings.Contains(errs, "--keep") {
+		t.Fatalf("--keep 0 over a file's keep: 2: exit %d %s", code, errs)
+	}
+	os.WriteFile(conf, []byte("version: 1\nrelease: "+base+":r1\ntrust: "+trust+"\nkep: 2\n"), 0o644)
+	if code, _, errs := otter(t, "status", "--config", conf); code != exitUsage || !strings.Contains(errs, "device.yaml:4: unknown field kep") {
+		t.Fatalf("a misspelt field: exit %d %s", code, errs)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/otter-fleet/otter/agent"
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
@@ -42,6 +43,7 @@ var sentinels = map[string]error{
 	"nix.ErrNotClosed": nix.ErrNotClosed, "nix.ErrNotInClosure": nix.ErrNotInClosure, "nix.ErrStorePath": nix.ErrStorePath, "nix.ErrNARFormat": nix.ErrNARFormat, "nix.ErrHashFormat": nix.ErrHashFormat,
 	"oci.ErrNotFound": oci.ErrNotFound, "oci.ErrUnauthorized": oci.ErrUnauthorized, "oci.ErrRef": oci.ErrRef, "oci.ErrTooLarge": oci.ErrTooLarge,
 	"state.ErrDamaged": state.ErrDamaged,
+	"agent.ErrConfig":  agent.ErrConfig,
 	"nixdb.ErrNoNix":   nixdb.ErrNoNix, "nixdb.ErrBusy": nixdb.ErrBusy, "nixdb.ErrConflict": nixdb.ErrConflict, "nixdb.ErrNix": nixdb.ErrNix,
 	"pipelines.ErrTagTaken": pipelines.ErrTagTaken, "pipelines.ErrReleaseFile": pipelines.ErrReleaseFile,
 	"sign.ErrTrust": sign.ErrTrust, "sign.ErrKey": sign.ErrKey, "sign.ErrPassphrase": sign.ErrPassphrase, "sign.ErrBadSignature": sign.ErrBadSignature,
@@ -60,7 +62,7 @@ func TestSentinelExitCodes(t *testing.T) {
 	}
 	// The sentinels the source declares.
 	declared := map[string]bool{}
-	for _, pkg := range []string{"build", "bundle", "delta", "device", "image", "nix", "nixdb", "oci", "pipelines", "sign", "state"} {
+	for _, pkg := range []string{"agent", "build", "bundle", "delta", "device", "image", "nix", "nixdb", "oci", "pipelines", "sign", "state"} {
 		fset := token.NewFileSet()
 		files, _ := filepath.Glob(filepath.Join(root, pkg, "*.go"))
 		for _, f := range files {
