@@ -122,6 +122,10 @@ func Open(ctx context.Context, c Config) (*Device, *Recovery, error) {
 	return d, rec, nil
 }
 
+// Config is the configuration the device was opened with, defaults
+// filled in.
+func (d *Device) Config() Config { return d.c }
+
 // Close releases the lock.
 func (d *Device) Close() error { return d.lock.Close() }
 

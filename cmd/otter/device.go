@@ -298,44 +298,69 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the installed release, the generations and how the last update ended",
-		Flags: deviceFlags(),
-		Action: deviceAction(false, func(_ context.Context, d *device.Device, rec *device.Recovery, u *ui) error {
-			st, err := d.Status()
+		Flags: append(deviceFlags(),
+			&cli.BoolFlag{Name: "prometheus", Usage: "print the status in Prometheus text format, as otter agent writes it"}),
+		Action: func(c *cli.Context) error {
+			o, err := deviceOptsFrom(c)
 			if err != nil {
 				return err
 			}
-			st.Recovered = rec
-			return u.result(st, func(w io.Writer) {
-				fmt.Fprintf(w, "store %s (%s)\n", st.Store, map[string]string{"nix": "Nix owns it: paths registered, generations in a Nix profile", "plain": "no Nix database"}[st.Mode])
-				switch g := st.Current; {
-				case g == nil:
-					fmt.Fprintln(w, "nothing installed")
-				case g.Damaged != "":
-					fmt.Fprintf(w, "generation %d: damaged: %s\n", g.Number, g.Damaged)
-				default:
-					r := g.Release
-					fmt.Fprintf(w, "generation %d: release %d on %s (%s)\n  root %s\n", g.Number, r.Version, r.Channel, g.Digest, g.Root)
-					if st.Expired {
-						fmt.Fprintf(w, "  its signed statement expired at %s: update refuses to stay on it\n", r.Expires)
-					}
-				}
-				for _, g := range st.Generations {
-					if g.Damaged != "" {
-						fmt.Fprintf(w, "  generation %d: damaged: %s\n", g.Number, g.Damaged)
-						continue
-					}
-					fmt.Fprintf(w, "  generation %d: release %d (%s)\n", g.Number, g.Release.Version, g.Digest)
-				}
-				if l := st.Last; l != nil {
-					fmt.Fprintf(w, "last %s at %s: %s", l.Action, l.Time, l.Result)
-					if l.Reason != "" {
-						fmt.Fprintf(w, " (%s)", l.Reason)
-					}
-					fmt.Fprintln(w)
-				}
-			})
-		}),
+			return runStatus(c.Context, o, c.Bool("prometheus"), c.Args().Slice(), newUI(c))
+		},
 	}
+}
+
+func runStatus(ctx context.Context, o deviceOpts, prometheus bool, args []string, u *ui) error {
+	if len(args) != 0 {
+		return usageErrorf("status takes no arguments, got %q", args)
+	}
+	d, rec, err := openDevice(ctx, o, u, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if prometheus {
+		text, err := (&agent.Agent{Device: d.Config()}).Metrics()
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(u.out, text)
+		return err
+	}
+	st, err := d.Status()
+	if err != nil {
+		return err
+	}
+	st.Recovered = rec
+	return u.result(st, func(w io.Writer) {
+		fmt.Fprintf(w, "store %s (%s)\n", st.Store, map[string]string{"nix": "Nix owns it: paths registered, generations in a Nix profile", "plain": "no Nix database"}[st.Mode])
+		switch g := st.Current; {
+		case g == nil:
+			fmt.Fprintln(w, "nothing installed")
+		case g.Damaged != "":
+			fmt.Fprintf(w, "generation %d: damaged: %s\n", g.Number, g.Damaged)
+		default:
+			r := g.Release
+			fmt.Fprintf(w, "generation %d: release %d on %s (%s)\n  root %s\n", g.Number, r.Version, r.Channel, g.Digest, g.Root)
+			if st.Expired {
+				fmt.Fprintf(w, "  its signed statement expired at %s: update refuses to stay on it\n", r.Expires)
+			}
+		}
+		for _, g := range st.Generations {
+			if g.Damaged != "" {
+				fmt.Fprintf(w, "  generation %d: damaged: %s\n", g.Number, g.Damaged)
+				continue
+			}
+			fmt.Fprintf(w, "  generation %d: release %d (%s)\n", g.Number, g.Release.Version, g.Digest)
+		}
+		if l := st.Last; l != nil {
+			fmt.Fprintf(w, "last %s at %s: %s", l.Action, l.Time, l.Result)
+			if l.Reason != "" {
+				fmt.Fprintf(w, " (%s)", l.Reason)
+			}
+			fmt.Fprintln(w)
+		}
+	})
 }
 
 func rollbackCommand() *cli.Command {
@@ -385,4 +410,54 @@ func recoverCommand() *cli.Command {
 			})
 		}),
 	}
+}
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "poll for releases and install them, unattended (the device config file says what and when)",
+		Description: `Runs until stopped (SIGTERM stops it within seconds; downloads are kept and
+the device stays consistent), or for one poll with --once. Each poll first
+asks the registry only for the channel's manifest digest; an update runs, as
+otter update does, only when it moved or the installed release's statement
+expired. Polls follow the config file's schedule: the first after afterBoot
+plus a random jitter, then every interval plus jitter, backing off (doubling
+up to maxBackoff) after failures, inside the maintenance window, and never
+while an inhibit file exists. One line per poll goes to stderr; the device's
+status is written after each for node_exporter's textfile collector.`,
+		Flags: append(deviceFlags(),
+			&cli.BoolFlag{Name: "once", Usage: "poll once, now, and exit with that poll's exit code"},
+		),
+		Action: func(c *cli.Context) error {
+			o, err := deviceOptsFrom(c)
+			if err != nil {
+				return err
+			}
+			return runAgent(c.Context, o, c.Bool("once"), c.Args().Slice(), newUI(c))
+		},
+	}
+}
+
+func runAgent(ctx context.Context, o deviceOpts, once bool, args []string, u *ui) error {
+	if o.file == nil {
+		return usageErrorf("agent needs the device config file (--config, default %s)", agent.DefaultConfigPath)
+	}
+	if len(args) != 0 {
+		return usageErrorf("agent takes no arguments: the config file names the release")
+	}
+	deviceMemoryLimit()
+	cfg, err := o.config(true)
+	if err != nil {
+		return err
+	}
+	s, err := resolveArchive(o.file.Release)
+	if err != nil {
+		return err
+	}
+	ref, err := o.registry.parseRef(s)
+	if err != nil {
+		return err
+	}
+	a := &agent.Agent{Config: o.file, Device: cfg, Ref: ref, Log: u.errw}
+	return a.Run(ctx, once)
 }

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/otter-fleet/otter/agent"
+	"github.com/otter-fleet/otter/device"
+	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/oci"
+)
+
+// agentDevice is a device config file following base:r<release>, with a
+// status file, for otter agent.
+func agentDevice(t *testing.T, base, trust string, release int, extra string) (conf, prom string, d deviceDirs) {
+	t.Helper()
+	d = deviceDirs{store: testutil.TempStore(t), state: t.TempDir(), trust: trust}
+	dir := t.TempDir()
+	conf, prom = filepath.Join(dir, "device.yaml"), filepath.Join(dir, "otter.prom")
+	writeAgentConfig(t, conf, base, trust, release, d, prom, extra)
+	return conf, prom, d
+}
+
+func writeAgentConfig(t *testing.T, conf, base, trust string, release int, d deviceDirs, prom, extra string) {
+	t.Helper()
+	body := "version: 1\nrelease: " + base + ":r" + itoa(release) + "\nchannel: stable\ntrust: " + trust +
+		"\nstore: " + d.store + "\nstate: " + d.state + "\nstatus: " + prom + "\n" + extra
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func metric(t *testing.T, prom, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
+			return l[strings.LastIndex(l, " ")+1:]
+		}
+	}
+	t.Fatalf("%s has no %s:\n%s", prom, name, data)
+	return ""
+}
+
+// TestAgentOnce: otter agent --once installs the release the config
+// file follows, does nothing the next time, and writes the status file
+// after a success, a rollback and a refusal.
+func TestAgentOnce(t *testing.T) {
+	base := "oci:" + filepath.Join(t.TempDir(), "l")
+	trust, _, _ := fleet(t, base, 2)
+	conf, prom, d := agentDevice(t, base, trust, 1, "")
+	code, _, errs := otter(t, "agent", "--once", "--config", conf)
+	if code != 0 || !strings.Contains(errs, "updated to release 1") {
+		t.Fatalf("first poll: exit %d: %s", code, errs)
+	}
+	if metric(t, prom, "otter_release_version") != "1" || metric(t, prom, "otter_consecutive_failures") != "0" || metric(t, prom, "otter_downloaded_bytes_total") == "0" {
+		t.Fatal("status after the first install")
+	}
+	code, _, errs = otter(t, "agent", "--once", "--config", conf)
+	if code != 0 || !strings.Contains(errs, "unchanged") {
+		t.Fatalf("second poll: exit %d: %s", code, errs)
+	}
+	// Another trust file: refused, counted, still on release 1.
+	_, _, otherTrust := keys(t, t.TempDir(), "other")
+	writeAgentConfig(t, conf, base, otherTrust, 2, d, prom, "")
+	if code, _, _ = otter(t, "agent", "--once", "--config", conf); code != exitUnknownKey {
+		t.Fatalf("a release of another key: exit %d", code)
+	}
+	if metric(t, prom, "otter_consecutive_failures") != "1" || metric(t, prom, "otter_release_version") != "1" {
+		t.Fatal("status after a refusal")
+	}
+	// Release 2 fails its health check: rolled back, counted.
+	writeAgentConfig(t, conf, base, trust, 2, d, prom, "healthCheck: exit 1\n")
+	if code, _, errs = otter(t, "agent", "--once", "--config", conf); code != exitRolledBack {
+		t.Fatalf("a failing release: exit %d: %s", code, errs)
+	}
+	if metric(t, prom, "otter_rollbacks_total") != "1" || metric(t, prom, "otter_consecutive_failures") != "2" || metric(t, prom, "otter_release_version") != "1" {
+		t.Fatal("status after a rollback")
+	}
+	// otter status --prometheus says the same.
+	_, out, _ := otter(t, "status", "--prometheus", "--config", conf)
+	if !strings.Contains(out, "otter_consecutive_failures 2") || !strings.Contains(out, `otter_release_info{digest="sha256:`) {
+		t.Fatalf("status --prometheus:\n%s", out)
+	}
+}
+
+// TestAgentLoop runs the agent's loop with a recorded clock: against a
+// registry that is down, the waits grow (backoff); once it is back, a
+// poll succeeds and the waits fall back to the interval; an inhibit
+// file holds a poll back until it goes.
+func TestAgentLoop(t *testing.T) {
+	// Release 1, published where the device looks only once the
+	// "registry" comes back.
+	ready := filepath.Join(t.TempDir(), "ready")
+	trust, _, _ := fleet(t, "oci:"+ready, 1)
+	dir := filepath.Join(t.TempDir(), "l")
+	base := "oci:" + dir
+	inhibit := filepath.Join(t.TempDir(), "busy")
+	conf, _, d := agentDevice(t, base, trust, 1, "schedule:\n  interval: 1m\n  jitter: 0s\n  afterBoot: 0s\n  maxBackoff: 8m\ninhibit: ["+inhibit+"]\n")
+	cfg, err := agent.Load(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := loadTrust(trust)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := oci.ParseRef(base+":r1", false)
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	var waits []time.Duration
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := &agent.Agent{Config: cfg, Ref: ref, Now: func() time.Time { return now }, Boot: now.Add(-time.Hour), InhibitPoll: 7 * time.Second,
+		Device: device.Config{Store: d.store, State: d.state, Trust: tr, System: "aarch64-linux", Channel: "stable", NoFsync: true},
+		Sleep: func(ctx context.Context, w time.Duration) error {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			waits = append(waits, w)
+			now = now.Add(w)
+			switch len(waits) {
+			case 5: // the registry comes back
+				if err := os.Rename(ready, dir); err != nil {
+					t.Fatal(err)
+				}
+			case 7: // an acquisition starts
+				os.WriteFile(inhibit, nil, 0o644)
+			case 9:
+				os.Remove(inhibit)
+			case 12:
+				cancel()
+			}
+			return nil
+		}}
+	if err := a.Run(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	backoff := []time.Duration{0, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 8 * time.Minute}
+	if len(waits) < 10 {
+		t.Fatalf("waits %v", waits)
+	}
+	for i, w := range backoff {
+		if waits[i] != w {
+			t.Fatalf("waits %v; want the backoff %v first", waits, backoff)
+		}
+	}
+	if waits[5] != time.Minute || waits[6] != time.Minute {
+		t.Fatalf("after the registry came back the waits are %v, want the interval", waits[5:7])
+	}
+	if waits[7] != 7*time.Second || waits[8] != 7*time.Second || waits[9] != time.Minute {
+		t.Fatalf("an inhibit file did not hold the poll back: waits %v", waits)
+	}
+	if st := status(t, d); st.Current == nil {
+		t.Fatal("the agent installed nothing once the registry was back")
+	}
+}
