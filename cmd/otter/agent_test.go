@@ -161,3 +161,31 @@ func TestAgentLoop(t *testing.T) {
 		t.Fatal("the agent installed nothing once the registry was back")
 	}
 }
+
+// TestAgentIdlePollBytes measures what a poll costs when nothing
+// changed, on the wire to docker-registry (requests and responses,
+// headers included): what a fleet on metered 3G pays per device and
+// poll. Recorded in docs/benchmarks.md.
+func TestAgentIdlePollBytes(t *testing.T) {
+	host := testutil.RealRegistry(t)
+	link := testutil.NewBadLink(t, host, 0, 0)
+	base := link.Addr + "/" + testutil.Repository(t)
+	trust, _, _ := fleet(t, base, 1)
+	conf, _, _ := agentDevice(t, base, trust, 1, "insecure: true\n")
+	if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 {
+		t.Fatalf("first poll: %d %s", code, errs)
+	}
+	const polls = 5
+	link.Received.Store(0)
+	link.Sent.Store(0)
+	for range polls {
+		if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 || !strings.Contains(errs, "unchanged") {
+			t.Fatalf("idle poll: %d %s", code, errs)
+		}
+	}
+	down, up := link.Received.Load()/polls, link.Sent.Load()/polls
+	t.Logf("idle poll: %d bytes down, %d bytes up (mean of %d polls)", down, up, polls)
+	if down+up > 4096 {
+		t.Fatalf("an idle poll moved %d bytes; it should be one HEAD request", down+up)
+	}
+}

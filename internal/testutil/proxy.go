@@ -18,6 +18,7 @@ type BadLink struct {
 	Latency  time.Duration
 	Down     atomic.Bool  // refuse and cut everything, like a registry that vanished
 	Received atomic.Int64 // bytes the server sent through the proxy
+	Sent     atomic.Int64 // bytes the client sent through the proxy
 	Cuts     atomic.Int64
 }
 
@@ -79,7 +80,8 @@ func (b *BadLink) serve(c net.Conn, target string) {
 	}
 	defer s.Close()
 	go func() {
-		io.Copy(s, c)
+		n, _ := io.Copy(s, c)
+		b.Sent.Add(n)
 		s.Close()
 	}()
 	buf := make([]byte, 16<<10)
