@@ -20,6 +20,7 @@ packages=(
   patchelf          # the release corpus generator
   zstd xz-utils xdelta3 bsdiff  # benchmark baselines
   fdisk dosfstools mtools e2fsprogs fakeroot bmap-tools  # SD-card images without root
+  lintian systemd   # checking the .deb packages and the systemd unit
   ca-certificates git python3
 )
 

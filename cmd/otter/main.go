@@ -83,6 +83,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			recoverCommand(),
 			imageCommand(),
 			releaseCommand(),
+			manCommand(),
 		},
 	}
 	var addCommon func([]*cli.Command)

@@ -42,3 +42,20 @@ func versionCommand() *cli.Command {
 		},
 	}
 }
+
+// manCommand prints otter's man page (roff), for packages.
+func manCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "man",
+		Usage:  "print otter's man page (section 1)",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			page, err := c.App.ToManWithSection(1)
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(c.App.Writer, page)
+			return err
+		},
+	}
+}
