@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,4 +189,61 @@ func TestAgentIdlePollBytes(t *testing.T) {
 	if down+up > 4096 {
 		t.Fatalf("an idle poll moved %d bytes; it should be one HEAD request", down+up)
 	}
+}
+
+// TestAgentSIGTERMResumes: SIGTERM while the agent downloads stops it
+// within seconds, the device still on its release and the finished
+// downloads kept; the agent started again completes the update without
+// fetching those again.
+func TestAgentSIGTERMResumes(t *testing.T) {
+	host := testutil.RealRegistry(t)
+	repo := testutil.Repository(t)
+	trust, digests, _ := fleet(t, host+"/"+repo, 1)
+	// Every chunk from the registry waits 300 ms: the update takes seconds.
+	link := testutil.NewBadLink(t, host, 0, 300*time.Millisecond)
+	conf, _, d := agentDevice(t, link.Addr+"/"+repo, trust, 1, "insecure: true\n")
+	cmd := crashingOtter(t, "", "agent", "--once", "--config", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Stop it once a download has finished.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ents, _ := os.ReadDir(filepath.Join(d.state, "downloads"))
+		done := 0
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".layer") {
+				done++
+			}
+		}
+		if done > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("no download finished")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("SIGTERM took %v to stop the agent", took)
+	}
+	if st := status(t, d); st.Current != nil {
+		t.Fatalf("a stopped first install left %+v installed", st.Current)
+	}
+	kept, _ := os.ReadDir(filepath.Join(d.state, "downloads"))
+	if len(kept) == 0 {
+		t.Fatal("the downloads were not kept")
+	}
+	before := link.Received.Load()
+	if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 {
+		t.Fatalf("the agent again: %d %s", code, errs)
+	}
+	if st := status(t, d); st.Current == nil || st.Current.Digest != digests[0] {
+		t.Fatalf("after the restart: %+v", st.Current)
+	}
+	t.Logf("kept %d downloads; the restart moved %d bytes", len(kept), link.Received.Load()-before)
 }
