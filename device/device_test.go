@@ -189,6 +189,26 @@ func TestUpdate(t *testing.T) {
 // crashed stands for a power loss at a named point.
 type crashed struct{ point string }
 
+// stopAt runs fn with the device's test hook unwinding at point (in
+// place of SIGKILL there), and fails the test unless fn got that far.
+func stopAt(t *testing.T, point string, fn func()) {
+	t.Helper()
+	device.SetTestHook(func(at string) {
+		if at == point {
+			panic(crashed{at})
+		}
+	})
+	defer device.SetTestHook(nil)
+	defer func() {
+		if r := recover(); r == nil {
+			t.Fatalf("the update did not reach %s", point)
+		} else if _, ok := r.(crashed); !ok {
+			panic(r)
+		}
+	}()
+	fn()
+}
+
 // TestRecovery stops an update at every point (a hook that unwinds, in
 // place of SIGKILL) and opens the device again: it is on exactly the old
 // or the new release, with every NAR hash right, and the update run
@@ -206,22 +226,7 @@ func TestRecovery(t *testing.T) {
 			if _, err := d.Update(ctx, p.ref(t, 1), device.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			device.SetTestHook(func(at string) {
-				if at == point {
-					panic(crashed{at})
-				}
-			})
-			func() {
-				defer func() {
-					if r := recover(); r == nil {
-						t.Fatalf("the update did not reach %s", point)
-					} else if _, ok := r.(crashed); !ok {
-						panic(r)
-					}
-				}()
-				d.Update(ctx, p.ref(t, 2), device.UpdateOptions{Method: "patch"})
-			}()
-			device.SetTestHook(nil)
+			stopAt(t, point, func() { d.Update(ctx, p.ref(t, 2), device.UpdateOptions{Method: "patch"}) })
 			d.Close()
 			d = openDevice(t, p, store, st)
 			defer d.Close()

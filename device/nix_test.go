@@ -30,19 +30,7 @@ import (
 	"github.com/otter-fleet/otter/sign"
 )
 
-// nixRoot is a chroot store ROOT/nix/store with its Nix database.
-func nixRoot(t *testing.T) (root, store string) {
-	t.Helper()
-	_, err := exec.LookPath("nix-store")
-	testutil.Require(t, err == nil, "nix-store (Debian's nix-bin)")
-	root = testutil.TempStore(t)
-	store = filepath.Join(root, "nix", "store")
-	os.MkdirAll(store, 0o755)
-	if out, err := exec.Command("nix-store", "--store", root, "--verify").CombinedOutput(); err != nil {
-		t.Fatalf("nix-store --verify: %v %s", err, out)
-	}
-	return root, store
-}
+func nixRoot(t *testing.T) (root, store string) { return testutil.NixChrootStore(t) }
 
 func nixCmd(t *testing.T, root string, name string, args ...string) string {
 	t.Helper()
@@ -217,22 +205,7 @@ func TestNixPowerLoss(t *testing.T) {
 			if _, err := d.Update(ctx, p.ref(t, 1), device.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
-			device.SetTestHook(func(at string) {
-				if at == point {
-					panic(crashed{at})
-				}
-			})
-			func() {
-				defer func() {
-					if r := recover(); r == nil {
-						t.Fatalf("the update did not reach %s", point)
-					} else if _, ok := r.(crashed); !ok {
-						panic(r)
-					}
-				}()
-				d.Update(ctx, p.ref(t, 2), device.UpdateOptions{Method: "patch"})
-			}()
-			device.SetTestHook(nil)
+			stopAt(t, point, func() { d.Update(ctx, p.ref(t, 2), device.UpdateOptions{Method: "patch"}) })
 			d.Close()
 			d = openNixDevice(t, p, store, st, 3)
 			defer d.Close()

@@ -16,20 +16,10 @@ import (
 	"github.com/otter-fleet/otter/nixdb"
 )
 
-// chrootStore makes ROOT/nix/store with a Nix database beside it, as
-// `nix-store --store ROOT` does.
+// chrootStore is a chroot store whose database nixdb detects.
 func chrootStore(t *testing.T) (root, store string) {
 	t.Helper()
-	_, err := exec.LookPath("nix-store")
-	testutil.Require(t, err == nil, "nix-store (Debian's nix-bin)")
-	root = testutil.TempStore(t)
-	store = filepath.Join(root, "nix", "store")
-	if err := os.MkdirAll(store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("nix-store", "--store", root, "--verify").CombinedOutput(); err != nil {
-		t.Fatalf("nix-store --verify: %v %s", err, out)
-	}
+	root, store = testutil.NixChrootStore(t)
 	if !nixdb.Detect(store) {
 		t.Fatal("a chroot store's database was not detected")
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,14 +41,7 @@ func TestOptionsRefuseBadValues(t *testing.T) {
 // TestNixModeDetected: a store with a Nix database beside it is a Nix
 // store unless --nix off; status says which.
 func TestNixModeDetected(t *testing.T) {
-	_, err := exec.LookPath("nix-store")
-	testutil.Require(t, err == nil, "nix-store (Debian's nix-bin)")
-	root := testutil.TempStore(t)
-	store := filepath.Join(root, "nix", "store")
-	os.MkdirAll(store, 0o755)
-	if out, err := exec.Command("nix-store", "--store", root, "--verify").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	_, store := testutil.NixChrootStore(t)
 	for _, tc := range []struct {
 		store, nix, want string
 	}{

@@ -247,3 +247,21 @@ func AssertOnlyStorePaths(t testing.TB, store string, c *nix.Closure) {
 		}
 	}
 }
+
+// NixChrootStore makes ROOT/nix/store with a Nix database beside it, as
+// `nix-store --store ROOT` does, so that Nix tests never touch the
+// machine's own store. It needs Debian's nix-bin.
+func NixChrootStore(t testing.TB) (root, store string) {
+	t.Helper()
+	_, err := exec.LookPath("nix-store")
+	Require(t, err == nil, "nix-store (Debian's nix-bin)")
+	root = TempStore(t)
+	store = filepath.Join(root, "nix", "store")
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nix-store", "--store", root, "--verify").CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --verify: %v %s", err, out)
+	}
+	return root, store
+}
