@@ -7,11 +7,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
-	"unicode"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
@@ -36,6 +36,60 @@ type Stats struct {
 	Codecs       map[string]int `json:"codecs"`
 	StreamBytes  map[string]int `json:"streamBytes"`
 	Size         int64          `json:"size"`
+	// Paths says, for each new store path of the target, what the patch
+	// does with it.
+	Paths []PathStats `json:"paths"`
+}
+
+// PathStats is one new store path of a patch.
+type PathStats struct {
+	Path string `json:"path"`
+	// Base is the base path it derives from ("" for a fresh one).
+	Base string `json:"base,omitempty"`
+	// Entries is how many of its nodes still differ from the base once
+	// store-path hashes are rewritten: 0 means it is the base renamed.
+	Entries int `json:"entries"`
+	// Bytes is its estimated share of the patch's streams: the file data
+	// it adds before compression, scaled to what the streams take.
+	Bytes int64 `json:"bytes"`
+	// Renamed says it is its base renamed: identical once every store
+	// path it names (hash and name) is replaced by its package name, so
+	// it changed only because a dependency did.
+	Renamed bool `json:"renamed"`
+}
+
+// storePathRE matches a store path's base name inside file contents.
+var storePathRE = regexp.MustCompile(`[0-9abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+._?=-]+`)
+
+// normalizeNames replaces every store path name in b by @package@.
+func normalizeNames(b []byte) []byte {
+	return storePathRE.ReplaceAllFunc(b, func(m []byte) []byte {
+		name, _ := nix.ParseName(nix.StoreDir + "/" + string(m))
+		return []byte("@" + name + "@")
+	})
+}
+
+// renamedOnly reports whether the new tree is the old one but for the
+// store path names its files and links hold: the listed entries are only
+// files and links both have, equal once names are normalized.
+func renamedOnly(ot, nt *tree, listed []entryOp) bool {
+	for _, e := range listed {
+		oe, ne := ot.lookup(e.Rel), nt.lookup(e.Rel)
+		if oe == nil || ne == nil || oe.Type != ne.Type || oe.Exec != ne.Exec {
+			return false
+		}
+		switch ne.Type {
+		case nix.TypeSymlink:
+			if !bytes.Equal(normalizeNames([]byte(oe.Target)), normalizeNames([]byte(ne.Target))) {
+				return false
+			}
+		case nix.TypeRegular:
+			if !bytes.Equal(normalizeNames(oe.Data), normalizeNames(ne.Data)) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Options tune Diff.
@@ -50,15 +104,9 @@ type Options struct {
 	NoPredict bool
 }
 
-// pname is a store path's package name: its name up to the first dash
-// followed by a digit (Nix's parseDrvName).
+// pname is a store path's package name (nix.ParseName).
 func pname(p string) string {
-	name := nix.NamePart(p)
-	for i := 0; i+1 < len(name); i++ {
-		if name[i] == '-' && unicode.IsDigit(rune(name[i+1])) {
-			return name[:i]
-		}
-	}
+	name, _ := nix.ParseName(p)
 	return name
 }
 
@@ -181,8 +229,10 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 		newb   []byte
 		source string
 		old    []byte
+		path   int // index in ops
 	}
 	var jobs []job
+	var renamed []bool // per op: differs from its base only in store path names
 	basePaths := map[string]bool{}
 	for _, np := range newPaths {
 		nt := newTrees[np]
@@ -232,6 +282,11 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 			}
 			sort.SliceStable(p.Entries, func(i, j int) bool { return p.Entries[i].Rel < p.Entries[j].Rel })
 		}
+		if ot != nil {
+			renamed = append(renamed, renamedOnly(ot, nt, p.Entries))
+		} else {
+			renamed = append(renamed, false)
+		}
 		ops = append(ops, p)
 	}
 	// Sources for listed files: the same path in the base path, else a file
@@ -263,10 +318,10 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 			}
 			if src == "" {
 				e.Codec = codecLiteral
-				jobs = append(jobs, job{e: e, newb: ne.Data})
+				jobs = append(jobs, job{e: e, newb: ne.Data, path: i})
 				continue
 			}
-			jobs = append(jobs, job{e: e, newb: ne.Data, source: src, old: rw.apply(lookupSource(src).Data)})
+			jobs = append(jobs, job{e: e, newb: ne.Data, source: src, old: rw.apply(lookupSource(src).Data), path: i})
 			bp, _, _ := strings.Cut(src, "/")
 			basePaths[nix.StoreDir+"/"+bp] = true
 		}
@@ -336,7 +391,46 @@ func Diff(ctx context.Context, base, target Release, w io.Writer, o Options) (*S
 	if err := writePatch(w, h, &raw, cm, st); err != nil {
 		return nil, err
 	}
+	st.Paths = pathStats(ops, renamed, func(yield func(path int, weight int64)) {
+		for i, j := range jobs {
+			e := encs[i]
+			w := int64(len(e.ctrl) + len(e.extra) + len(e.literal) + len(e.frame))
+			for _, c := range e.chunks {
+				for _, d := range c.diff {
+					if d != 0 {
+						w++
+					}
+				}
+			}
+			yield(j.path, w)
+		}
+	}, st)
 	return st, nil
+}
+
+// pathStats gives each new path its entries and its share of the streams,
+// in proportion to the weights the jobs give.
+func pathStats(ops []pathOp, renamed []bool, weights func(yield func(path int, weight int64)), st *Stats) []PathStats {
+	out := make([]PathStats, len(ops))
+	w := make([]int64, len(ops))
+	var total int64
+	weights(func(i int, x int64) { w[i] += x; total += x })
+	var streams int64
+	for name, n := range st.StreamBytes {
+		if name != "header" && name != "target" && name != "ops" {
+			streams += int64(n)
+		}
+	}
+	for i, p := range ops {
+		out[i] = PathStats{Path: nix.StoreDir + "/" + p.Target, Entries: len(p.Entries), Renamed: renamed[i]}
+		if p.Base != "" {
+			out[i].Base = nix.StoreDir + "/" + p.Base
+		}
+		if total > 0 {
+			out[i].Bytes = w[i] * streams / total
+		}
+	}
+	return out
 }
 
 // writePatch compresses the streams (raw holds every one but diff, which

@@ -51,6 +51,18 @@ func TestDemoPatch(t *testing.T) {
 	if st.DerivedPaths != 3 {
 		t.Fatalf("stats %+v: every path should derive from its release-1 version", st)
 	}
+	// Per path: derived, something listed (the greeting changed, the
+	// others name it), and a share of the streams.
+	var share int64
+	for _, p := range st.Paths {
+		if p.Base == "" || p.Entries == 0 || p.Bytes < 0 {
+			t.Fatalf("path stats %+v", p)
+		}
+		share += p.Bytes
+	}
+	if len(st.Paths) != 3 || share <= 0 || share > st.Size {
+		t.Fatalf("path stats %+v for a %d-byte patch", st.Paths, st.Size)
+	}
 	golden := filepath.Join("..", "testdata", "delta", "demo-1-2.patch")
 	if *update {
 		os.WriteFile(golden, a.Bytes(), 0o644)

@@ -59,6 +59,19 @@ func HashPart(p string) string { return BaseName(p)[:32] }
 // NamePart returns the name of a store path without its hash.
 func NamePart(p string) string { return BaseName(p)[33:] }
 
+// ParseName splits a store path's name into package name and version
+// as Nix's parseDrvName does: the version starts at the first dash
+// followed by a digit ("openssl-3.0.17" is openssl, 3.0.17).
+func ParseName(p string) (name, version string) {
+	n := NamePart(p)
+	for i := 0; i+1 < len(n); i++ {
+		if n[i] == '-' && n[i+1] >= '0' && n[i+1] <= '9' {
+			return n[:i], n[i+1:]
+		}
+	}
+	return n, ""
+}
+
 // PathInfo is what otter needs to know of one valid store path.
 type PathInfo struct {
 	Path       string   `json:"path"`

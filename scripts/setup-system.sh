@@ -21,6 +21,7 @@ packages=(
   zstd xz-utils xdelta3 bsdiff  # benchmark baselines
   fdisk dosfstools mtools e2fsprogs fakeroot bmap-tools  # SD-card images without root
   lintian systemd   # checking the .deb packages and the systemd unit
+  chromium          # rendering otter diff's HTML report in the tests
   ca-certificates git python3
 )
 
