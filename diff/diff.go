@@ -12,6 +12,9 @@ import (
 	"sort"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/nix"
 )
@@ -30,6 +33,21 @@ const (
 type Side struct {
 	Closure *nix.Closure
 	Layers  map[string]int64 // store path → layer bytes
+}
+
+// SideOf is the side of the bundle img with config cfg.
+func SideOf(img v1.Image, cfg *bundle.Config) (Side, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return Side{}, err
+	}
+	side := Side{Closure: cfg.Closure(), Layers: map[string]int64{}}
+	for i, l := range m.Layers {
+		if i < len(cfg.Paths) {
+			side.Layers[cfg.Paths[i].Path] = l.Size
+		}
+	}
+	return side, nil
 }
 
 // Path is one store path of either release.

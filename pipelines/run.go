@@ -18,6 +18,7 @@ import (
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
+	"github.com/otter-fleet/otter/diff"
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
@@ -74,6 +75,9 @@ type PatchResult struct {
 	Existing bool    `json:"existing,omitempty"`
 	Skipped  bool    `json:"skipped,omitempty"`
 	Reason   string  `json:"reason,omitempty"`
+	// Diff is what the update costs and why (otter diff), for a patch
+	// made in this run.
+	Diff *diff.Result `json:"diff,omitempty"`
 }
 
 // SkippedRelease is an earlier release no patch was made from, and why.
@@ -339,6 +343,15 @@ func (r *Runner) patches(ctx context.Context, t Target, ref oci.Ref, desc v1.Des
 		}
 		var ok bool
 		pr.Size = st.Size
+		fromSide, err := diff.SideOf(img, cfg)
+		if err != nil {
+			return err
+		}
+		toSide, err := diff.SideOf(b, b.Config)
+		if err != nil {
+			return err
+		}
+		pr.Diff = diff.Compare(fromSide, toSide, st)
 		if pr.Share, ok = release.Worthwhile(st.Size, tr.Full, rf.Patches.MaxShare); !ok {
 			pr.Skipped = true
 			pr.Reason = fmt.Sprintf("%.0f%% of the full bundle, over maxShare %.0f%%: devices fetch the missing layers", 100*pr.Share, 100*rf.Patches.MaxShare)
@@ -416,4 +429,34 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size (like 4G, 3800M)", s)
 	}
 	return n * mult, nil
+}
+
+// Summary is the run's cost table in Markdown, for a CI job's summary
+// ($GITHUB_STEP_SUMMARY): per target and base, what a device downloads
+// by patch, by the missing layers, and what Nix would substitute.
+func Summary(res *Result) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## otter release %d: what each device downloads\n\n", res.Release)
+	fmt.Fprintf(&b, "| target | from | patch | missing layers | Nix (NAR) | full bundle | renamed / changed | note |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, t := range res.Targets {
+		if len(t.Patches) == 0 {
+			fmt.Fprintf(&b, "| %s | (none) | | | | %d | | first release |\n", t.Name, t.Full)
+		}
+		for _, p := range t.Patches {
+			note := ""
+			switch {
+			case p.Skipped:
+				note = "no patch: " + p.Reason
+			case p.Existing:
+				note = "already published"
+			}
+			layers, nar, counts := "", "", ""
+			if d := p.Diff; d != nil {
+				layers, nar = fmt.Sprint(d.Totals.Layers), fmt.Sprint(d.Totals.NarBytes)
+				counts = fmt.Sprintf("%d / %d", d.Totals.Paths[diff.Renamed], d.Totals.Paths[diff.Changed])
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %d | %s | %s |\n", t.Name, p.From, p.Size, layers, nar, t.Full, counts, note)
+		}
+	}
+	return b.String()
 }

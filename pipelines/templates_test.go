@@ -47,6 +47,9 @@ func TestGitLabTemplate(t *testing.T) {
 		Image        string   `yaml:"image"`
 		BeforeScript []string `yaml:"before_script"`
 		Script       []string `yaml:"script"`
+		Artifacts    struct {
+			Paths []string `yaml:"paths"`
+		} `yaml:"artifacts"`
 	}
 	var top map[string]any
 	if err := yaml.Unmarshal(data, &top); err != nil {
@@ -62,10 +65,13 @@ func TestGitLabTemplate(t *testing.T) {
 		t.Fatalf("job %+v", job)
 	}
 	all := strings.Join(append(job.BeforeScript, job.Script...), "\n")
-	for _, want := range []string{"go install github.com/otter-fleet/otter/cmd/otter", "otter binfmt install", "otter release -f otter.yaml --json"} {
+	for _, want := range []string{"go install github.com/otter-fleet/otter/cmd/otter", "otter binfmt install", "otter release -f otter.yaml --report otter-report --json"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("the job lacks %q", want)
 		}
+	}
+	if !strings.Contains(strings.Join(job.Artifacts.Paths, " "), "otter-report/") {
+		t.Errorf("the job keeps no update report: %v", job.Artifacts.Paths)
 	}
 	if _, err := Template("jenkins"); err == nil {
 		t.Error("a template for jenkins")

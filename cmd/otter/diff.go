@@ -67,17 +67,8 @@ func diffSide(ctx context.Context, o registryOpts, arg string) (delta.Release, d
 			return delta.Release{}, diff.Side{}, done, err
 		}
 	}
-	m, err := img.Manifest()
-	if err != nil {
-		return delta.Release{}, diff.Side{}, done, err
-	}
-	side := diff.Side{Closure: cfg.Closure(), Layers: map[string]int64{}}
-	for i, l := range m.Layers {
-		if i < len(cfg.Paths) {
-			side.Layers[cfg.Paths[i].Path] = l.Size
-		}
-	}
-	return delta.Release{Image: img, Config: cfg}, side, done, nil
+	side, err := diff.SideOf(img, cfg)
+	return delta.Release{Image: img, Config: cfg}, side, done, err
 }
 
 func runDiff(ctx context.Context, o registryOpts, html string, args []string, u *ui) error {

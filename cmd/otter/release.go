@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otter-fleet/otter/diff"
+	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/pipelines"
 )
 
@@ -25,9 +30,10 @@ and correct; a release tag that names another bundle is refused.`,
 		Flags: append(registryFlags(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Value: "otter.yaml", Usage: "the release file"},
 			&cli.StringFlag{Name: "template", Usage: "print a ready CI file instead: github (GitHub Actions) or gitlab (GitLab CI)"},
+			&cli.StringFlag{Name: "report", Usage: "write each target's update report (otter diff --html from the newest earlier release) into this directory"},
 		),
 		Action: func(c *cli.Context) error {
-			o := releaseOpts{registry: registryOptsFrom(c), file: c.String("file"), template: c.String("template")}
+			o := releaseOpts{registry: registryOptsFrom(c), file: c.String("file"), template: c.String("template"), report: c.String("report")}
 			return runRelease(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
@@ -35,8 +41,8 @@ and correct; a release tag that names another bundle is refused.`,
 
 // releaseOpts are otter release's flags.
 type releaseOpts struct {
-	registry       registryOpts
-	file, template string
+	registry               registryOpts
+	file, template, report string
 }
 
 func runRelease(ctx context.Context, o releaseOpts, args []string, u *ui) error {
@@ -79,7 +85,52 @@ func runRelease(ctx context.Context, o releaseOpts, args []string, u *ui) error 
 	if err != nil {
 		return err
 	}
+	if err := releaseReports(res, o.report); err != nil {
+		return err
+	}
+	// In GitHub Actions, the job's summary shows what each device will
+	// download.
+	if f := os.Getenv("GITHUB_STEP_SUMMARY"); f != "" {
+		sf, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("GITHUB_STEP_SUMMARY: %w", err)
+		}
+		_, err = io.WriteString(sf, pipelines.Summary(res))
+		if cerr := sf.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("GITHUB_STEP_SUMMARY: %w", err)
+		}
+	}
 	return u.result(res, func(w io.Writer) { printRelease(w, res) })
+}
+
+// releaseReports writes, for each target with a patch made in this run,
+// the update report from the newest earlier release to dir/<target>.html.
+func releaseReports(res *pipelines.Result, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, t := range res.Targets {
+		for _, p := range t.Patches {
+			if p.Diff == nil {
+				continue
+			}
+			var b bytes.Buffer
+			if err := diff.WriteHTML(&b, p.Diff, t.Name+":"+p.From, t.Reference); err != nil {
+				return err
+			}
+			if err := fsutil.AtomicWrite(filepath.Join(dir, t.Name+".html"), b.Bytes(), 0o644); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	return nil
 }
 
 func printRelease(w io.Writer, res *pipelines.Result) {
@@ -94,6 +145,9 @@ func printRelease(w io.Writer, res *pipelines.Result) {
 				note = "no patch: " + p.Reason
 			case p.Existing:
 				note = "already published"
+			}
+			if d := p.Diff; d != nil && note == "" {
+				note = fmt.Sprintf("%d renamed, %d changed; Nix would substitute %s of NAR", d.Totals.Paths[diff.Renamed], d.Totals.Paths[diff.Changed], humanBytes(d.Totals.NarBytes))
 			}
 			fmt.Fprintf(w, "%-12s %-10s %12s %12s %7.1f%%  %s\n", "", p.From, humanBytes(p.Size), humanBytes(t.Full), 100*(1-p.Share), note)
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -58,13 +59,16 @@ func TestReleasePipeline(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "sd.img")
 	imageSection := fmt.Sprintf("image:\n  target: system\n  board: rpi4\n  bootFiles: %s\n  out: %s\n", bootFiles(t), img)
 	var results []pipelines.Result
+	summary := filepath.Join(t.TempDir(), "step-summary.md")
+	t.Setenv("GITHUB_STEP_SUMMARY", summary)
+	reports := filepath.Join(t.TempDir(), "reports")
 	for n, r := range []string{"r1", "r2", "r3"} {
 		extra := ""
 		if n == 0 {
 			extra = imageSection
 		}
 		var res pipelines.Result
-		otterJSON(t, &res, "release", "-f", releaseFile(t, dir, registry, key, r, n+1, extra))
+		otterJSON(t, &res, "release", "-f", releaseFile(t, dir, registry, key, r, n+1, extra), "--report", reports)
 		if len(res.Targets) != 1 {
 			t.Fatalf("release %d: %+v", n+1, res)
 		}
@@ -81,6 +85,18 @@ func TestReleasePipeline(t *testing.T) {
 	}
 	if results[0].Targets[0].Image == nil {
 		t.Fatal("release 1 wrote no image")
+	}
+	// The costs: in each patch's diff, in the CI summary, in the report.
+	p := results[2].Targets[0].Patches[0]
+	if p.Diff == nil || p.Diff.Totals.Patch != p.Size || p.Diff.Totals.Layers <= p.Size {
+		t.Fatalf("release 3's patch from %s: %+v", p.From, p.Diff)
+	}
+	md, err := os.ReadFile(summary)
+	if err != nil || !strings.Contains(string(md), "| system | v2 | "+strconv.FormatInt(p.Size, 10)+" |") || strings.Count(string(md), "## otter release") != 3 {
+		t.Fatalf("GITHUB_STEP_SUMMARY:\n%s (%v)", md, err)
+	}
+	if page, err := os.ReadFile(filepath.Join(reports, "system.html")); err != nil || !strings.Contains(string(page), `id="cascade"`) {
+		t.Fatalf("no update report: %v", err)
 	}
 	// A rerun finds everything done.
 	var again pipelines.Result
