@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -71,40 +72,41 @@ func diffSide(ctx context.Context, o registryOpts, arg string) (delta.Release, d
 	return delta.Release{Image: img, Config: cfg}, side, done, err
 }
 
+// compareReleases is otter diff FROM TO: what each store path costs and
+// why it changed.
+func compareReleases(ctx context.Context, o registryOpts, fromArg, toArg string) (*diff.Result, error) {
+	fromRel, from, doneFrom, err := diffSide(ctx, o, fromArg)
+	defer doneFrom()
+	if err != nil {
+		return nil, err
+	}
+	toRel, to, doneTo, err := diffSide(ctx, o, toArg)
+	defer doneTo()
+	if err != nil {
+		return nil, err
+	}
+	st, err := delta.Diff(ctx, fromRel, toRel, io.Discard, delta.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return diff.Compare(from, to, st), nil
+}
+
 func runDiff(ctx context.Context, o registryOpts, html string, args []string, u *ui) error {
 	if len(args) != 2 {
 		return usageErrorf("diff takes FROM and TO, got %d arguments", len(args))
 	}
-	fromRel, from, doneFrom, err := diffSide(ctx, o, args[0])
-	defer doneFrom()
-	if err != nil {
-		return err
-	}
-	toRel, to, doneTo, err := diffSide(ctx, o, args[1])
-	defer doneTo()
-	if err != nil {
-		return err
-	}
 	u.info("diffing %s against %s …", args[0], args[1])
-	st, err := delta.Diff(ctx, fromRel, toRel, io.Discard, delta.Options{})
+	res, err := compareReleases(ctx, o, args[0], args[1])
 	if err != nil {
 		return err
 	}
-	res := diff.Compare(from, to, st)
 	if html != "" {
-		f, err := os.CreateTemp(".", ".otter-diff-*.html")
-		if err != nil {
+		var b bytes.Buffer
+		if err := diff.WriteHTML(&b, res, args[0], args[1]); err != nil {
 			return err
 		}
-		defer os.Remove(f.Name())
-		if err := diff.WriteHTML(f, res, args[0], args[1]); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
-		if err := os.Rename(f.Name(), html); err != nil {
+		if err := fsutil.AtomicWrite(html, b.Bytes(), 0o644); err != nil {
 			return err
 		}
 	}

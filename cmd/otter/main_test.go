@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
+	"github.com/otter-fleet/otter/diff"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/nix"
@@ -307,20 +308,82 @@ func TestNoProgressWithoutTerminal(t *testing.T) {
 	}
 }
 
+// TestDemo runs the README's first command: four releases through the
+// release pipeline into a registry on loopback, a device updated to each,
+// the failing one rolled back, and otter diff explaining the cascade.
 func TestDemo(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "demo")
 	var res demoResult
 	otterJSON(t, &res, "demo", "--dir", dir)
-	if len(res.Verified) != 3 || res.Inspect == nil || res.Inspect.Root != demo.Root {
-		t.Fatalf("demo result %+v", res)
+	if len(res.Steps) != demo.Releases {
+		t.Fatalf("%d steps, want %d: %+v", len(res.Steps), demo.Releases, res)
 	}
-	c, _ := demo.Closure()
-	testutil.VerifyStore(t, c, filepath.Join(dir, "store"))
-	// Running it again gives the same bundle.
+	want := []struct{ outcome, method string }{{"installed", "layers"}, {"updated", "patch"}, {"updated", "patch"}, {"rolled back", ""}}
+	for i, s := range res.Steps {
+		if s.Outcome != want[i].outcome || s.Method != want[i].method {
+			t.Errorf("release %d: %s by %q, want %s by %q (%s)", s.Release, s.Outcome, s.Method, want[i].outcome, want[i].method, s.Error)
+		}
+		if i > 0 && (s.Patch <= 0 || s.Served <= s.Patch || s.Served >= s.Nix/4) {
+			t.Errorf("release %d: patch %d, served %d, Nix %d: want 0 < patch < served < Nix/4", s.Release, s.Patch, s.Served, s.Nix)
+		}
+	}
+	if e := res.Steps[3].Error; !strings.Contains(e, "health check") || !strings.Contains(e, "cannot read the greeting table") {
+		t.Errorf("release 4's error %q does not name the failed self test", e)
+	}
+	if res.Current != 3 || res.Served >= res.Nix/10 {
+		t.Errorf("current release %d (want 3); served %d for the updates against Nix %d", res.Current, res.Served, res.Nix)
+	}
+	// The device holds release 3, every NAR hash as published.
+	r3 := filepath.Join(dir, "build", "r3")
+	data, err := os.ReadFile(filepath.Join(r3, "path-info.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := nix.ParsePathInfo(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nix.NewClosure(infos[len(infos)-1].Path, infos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.VerifyStore(t, c, filepath.Join(dir, "device", "nix", "store"))
+	// The cascade: both apps renamed only, because of libgreet.
+	renamed := 0
+	for _, p := range res.Cascade.Paths {
+		if p.Status != diff.Renamed {
+			continue
+		}
+		renamed++
+		if len(p.Causes) != 1 || p.Causes[0].Name != "libgreet" || p.Causes[0].FromVersion != "1.0" || p.Causes[0].Version != "1.1" {
+			t.Errorf("%s renamed because of %v, want libgreet 1.0 → 1.1", p.Name, p.Causes)
+		}
+	}
+	if renamed != 2 {
+		t.Errorf("%d paths renamed only, want hello and dashboard: %+v", renamed, res.Cascade.Paths)
+	}
+	if html, err := os.ReadFile(res.Report); err != nil || !bytes.Contains(html, []byte("libgreet")) {
+		t.Errorf("report %s: %v", res.Report, err)
+	}
+	// Again: the directory is emptied and the bundles are the same.
 	var again demoResult
 	otterJSON(t, &again, "demo", "--dir", dir)
-	if again.Digest != res.Digest {
-		t.Fatalf("demo digest changed: %s %s", res.Digest, again.Digest)
+	for i := range res.Steps {
+		if again.Steps[i].Digest != res.Steps[i].Digest {
+			t.Errorf("release %d: bundle %s, then %s", i+1, res.Steps[i].Digest, again.Steps[i].Digest)
+		}
+	}
+	// A directory the demo did not make is left alone.
+	other := t.TempDir()
+	keep := filepath.Join(other, "notes.txt")
+	if err := os.WriteFile(keep, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := otter(t, "demo", "--dir", other); code != exitUsage || !strings.Contains(errs, "no earlier demo made it") {
+		t.Errorf("demo into a foreign directory: exit %d, %s", code, errs)
+	}
+	if got, err := os.ReadFile(keep); err != nil || string(got) != "mine" {
+		t.Errorf("the foreign directory's file: %q, %v", got, err)
 	}
 }
 

@@ -103,33 +103,41 @@ func Write(storeDir string) error { return writePaths(storeDir, paths()) }
 
 func writePaths(storeDir string, sps []storePath) error {
 	for _, sp := range sps {
-		root := filepath.Join(storeDir, nix.BaseName(StorePath(sp.name)))
-		var dirs []string
-		for _, f := range sp.files {
-			p := filepath.Join(root, filepath.FromSlash(f.path))
-			for d := filepath.Dir(p); strings.HasPrefix(d, root); d = filepath.Dir(d) {
-				dirs = append(dirs, d)
-			}
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				return err
-			}
-			var err error
-			switch {
-			case f.symlink:
-				err = os.Symlink(f.content, p)
-			case f.exec:
-				err = os.WriteFile(p, []byte(f.content), 0o555)
-			default:
-				err = os.WriteFile(p, []byte(f.content), 0o444)
-			}
-			if err != nil {
-				return fmt.Errorf("demo: %w", err)
-			}
+		if err := writeAt(storeDir, StorePath(sp.name), sp); err != nil {
+			return err
 		}
-		for _, d := range dirs {
-			if err := os.Chmod(d, 0o555); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// writeAt writes sp as the store path path into storeDir.
+func writeAt(storeDir, path string, sp storePath) error {
+	root := filepath.Join(storeDir, nix.BaseName(path))
+	var dirs []string
+	for _, f := range sp.files {
+		p := filepath.Join(root, filepath.FromSlash(f.path))
+		for d := filepath.Dir(p); strings.HasPrefix(d, root); d = filepath.Dir(d) {
+			dirs = append(dirs, d)
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		var err error
+		switch {
+		case f.symlink:
+			err = os.Symlink(f.content, p)
+		case f.exec:
+			err = os.WriteFile(p, []byte(f.content), 0o555)
+		default:
+			err = os.WriteFile(p, []byte(f.content), 0o444)
+		}
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+	}
+	for _, d := range dirs {
+		if err := os.Chmod(d, 0o555); err != nil {
+			return err
 		}
 	}
 	return nil
