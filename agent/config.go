@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/otter-fleet/otter/internal/yamlfile"
+	"github.com/otter-fleet/otter/oci"
 )
 
 // ErrConfig is returned for a device config file otter cannot use; the
@@ -39,6 +40,11 @@ type Config struct {
 	Store    string `yaml:"store"`
 	State    string `yaml:"state"`
 	Insecure bool   `yaml:"insecure"`
+	// Mirrors are registries (pull-through caches of the origin, such as
+	// a site cache on the LAN) that reads try first, in order; MirrorStall
+	// is how long one may send nothing before the next is asked.
+	Mirrors     []string `yaml:"mirrors"`
+	MirrorStall Duration `yaml:"mirrorStall"`
 	// Nix is auto, on or off (docs/device.md §6).
 	Nix           string   `yaml:"nix"`
 	Activate      string   `yaml:"activate"`
@@ -83,7 +89,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // Defaults: what a config that leaves a field out gets.
 var defaults = Config{
 	Version: 1, System: "aarch64-linux", Store: "/nix/store", State: "/var/lib/otter", Nix: "auto", Keep: 3,
-	HealthTimeout: Duration{2 * time.Minute},
+	HealthTimeout: Duration{2 * time.Minute}, MirrorStall: Duration{30 * time.Second},
 	Schedule: Schedule{Interval: Duration{30 * time.Minute}, Jitter: Duration{5 * time.Minute},
 		AfterBoot: Duration{2 * time.Minute}, MaxBackoff: Duration{6 * time.Hour}},
 }
@@ -140,6 +146,8 @@ func (c *Config) validate() error {
 		return c.fieldErr("keep", "%d: at least 1 (the current generation)", c.Keep)
 	case c.HealthTimeout.Duration <= 0:
 		return c.fieldErr("healthTimeout", "must be positive")
+	case c.MirrorStall.Duration < time.Second:
+		return c.fieldErr("mirrorStall", "%v: at least 1s", c.MirrorStall.Duration)
 	case c.Schedule.Interval.Duration < time.Second:
 		return c.fieldErr("schedule.interval", "%v: at least 1s", c.Schedule.Interval.Duration)
 	case c.Schedule.Jitter.Duration < 0 || c.Schedule.Jitter.Duration > c.Schedule.Interval.Duration:
@@ -156,6 +164,11 @@ func (c *Config) validate() error {
 	}
 	if _, err := os.Stat(c.Trust); err != nil {
 		return c.fieldErr("trust", "%v", err)
+	}
+	if len(c.Mirrors) > 0 {
+		if _, err := oci.NewMirrors(c.Mirrors, c.Insecure, c.MirrorStall.Duration); err != nil {
+			return c.fieldErr("mirrors", "%v", err)
+		}
 	}
 	for i, p := range c.Inhibit {
 		if !strings.HasPrefix(p, "/") {

@@ -31,7 +31,8 @@ func TestParseConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Channel != "stable" || c.Schedule.Interval.Duration != 30*time.Minute || c.Schedule.Jitter.Duration != 10*time.Minute ||
-		c.HealthTimeout.Duration != 90*time.Second || c.Store != "/nix/store" || c.Nix != "auto" || len(c.Inhibit) != 1 {
+		c.HealthTimeout.Duration != 90*time.Second || c.Store != "/nix/store" || c.Nix != "auto" || len(c.Inhibit) != 1 ||
+		len(c.Mirrors) != 1 || c.MirrorStall.Duration != 20*time.Second {
 		t.Fatalf("parsed %+v", c)
 	}
 	w, _ := agent.ParseWindow(c.Schedule.Window)
@@ -61,6 +62,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad window", `window: "22:00-05:00"`, `window: "late"`, "device.yaml:15: schedule.window"},
 		{"relative inhibit", "- /run/logger/acquiring", "- logger/acquiring", "device.yaml:17: inhibit[0]"},
 		{"no trust file", "trust: ", "trust: /nonexistent/trust.json #", "device.yaml:4: trust"},
+		{"mirror with a path", "- http://10.0.0.2:5000", "- 10.0.0.2:5000/fleet", ": mirrors: "},
+		{"mirror stall 0", "mirrorStall: 20s", "mirrorStall: 0s", ": mirrorStall: "},
 		{"nix maybe", "system: aarch64-linux", "system: aarch64-linux\nnix: maybe", "device.yaml:6: nix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

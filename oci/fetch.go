@@ -96,6 +96,8 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		}
 	}
 	wait, failures := time.Duration(0), 0
+	mirrorRetried := false
+again:
 	for have < d.Size {
 		if failures > stall {
 			return res, fmt.Errorf("fetching %s: no progress after %d attempts: %w", d.Digest, failures, err)
@@ -126,6 +128,16 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 			// A full disk does not get better by asking again.
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, we.Err)
 		}
+		if errors.Is(err, bundle.ErrLayerDigest) && o.mirrors != nil && ref.Remote != nil && !mirrorRetried &&
+			o.mirrors.Served(blobPath(ref, d)) != "" {
+			// A mirror ended the blob short: pass it over and start again.
+			o.mirrors.distrust(blobPath(ref, d))
+			if err := truncate(f, 0); err != nil {
+				return res, err
+			}
+			have, failures, wait, mirrorRetried = 0, 0, 0, true
+			continue
+		}
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, bundle.ErrLayerDigest) {
 			// Asking again gets the same answer: the source ended the blob
 			// short of its size, cleanly, or refused.
@@ -146,6 +158,15 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 	if err != nil {
 		return res, err
 	}
+	if got != d.Digest && o.mirrors != nil && ref.Remote != nil && !mirrorRetried {
+		// A mirror served some of it: pass it over and start again.
+		o.mirrors.distrust(blobPath(ref, d))
+		if err := truncate(f, 0); err != nil {
+			return res, err
+		}
+		have, failures, wait, mirrorRetried = 0, 0, 0, true
+		goto again
+	}
 	if got != d.Digest {
 		// A corrupt partial download is no use: start over next time.
 		f.Close()
@@ -159,6 +180,11 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		return res, err
 	}
 	return res, fsutil.SyncDir(filepath.Dir(dst))
+}
+
+// blobPath is the URL path of a blob in ref's repository.
+func blobPath(ref Ref, d v1.Descriptor) string {
+	return fmt.Sprintf("/v2/%s/blobs/%s", ref.Remote.Context().RepositoryStr(), d.Digest)
 }
 
 func truncate(f *os.File, n int64) error {
@@ -252,6 +278,7 @@ func registryOpener(ctx context.Context, ref Ref, d v1.Descriptor, o *ioOptions)
 	if inner == nil {
 		inner = defaultTransport(o.insecure)
 	}
+	inner = o.mirrors.transport(inner)
 	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, inner, []string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, classify(err)

@@ -25,6 +25,7 @@ type ioOptions struct {
 	jobs      int
 	progress  bundle.Progress
 	backoff   remote.Backoff
+	mirrors   *Mirrors
 }
 
 // IOOption configures reading and writing bundles.
@@ -93,6 +94,7 @@ func (o *ioOptions) remote(ctx context.Context) []remote.Option {
 	if rt == nil {
 		rt = defaultTransport(o.insecure)
 	}
+	rt = o.mirrors.transport(rt)
 	return []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(o.keychain),

@@ -13,6 +13,7 @@ import (
 	"github.com/otter-fleet/otter/agent"
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/nixdb"
+	"github.com/otter-fleet/otter/oci"
 )
 
 func deviceFlags() []cli.Flag {
@@ -26,6 +27,8 @@ func deviceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "activate", Usage: "shell command run after switching (OTTER_ROOT, OTTER_GENERATION set)"},
 		&cli.StringFlag{Name: "health-check", Usage: "shell command that must succeed after activation, else the update rolls back"},
 		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, Usage: "how long activation and the health check may take"},
+		&cli.StringSliceFlag{Name: "mirror", Usage: "a registry (a pull-through cache of the origin, HOST[:PORT]) to read from first; repeat for more, tried in order"},
+		&cli.DurationFlag{Name: "mirror-stall", Value: 30 * time.Second, Usage: "how long a mirror may send nothing before the next one or the origin is asked"},
 		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
 		&cli.StringFlag{Name: "at", Usage: "act as of this RFC 3339 time instead of now", Hidden: true},
@@ -51,6 +54,8 @@ type deviceOpts struct {
 	keep, retries         int
 	activate, healthCheck string
 	healthTimeout         time.Duration
+	mirrors               []string
+	mirrorStall           time.Duration
 	noFsync               bool
 	at                    time.Time // zero: now
 	// nix is auto, on or off; nixProfile and nixosSwitch as device.Config.
@@ -64,6 +69,7 @@ func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
 		registry: registryOptsFrom(c), store: c.String("store"), state: c.String("state"), trust: c.String("trust"),
 		channel: c.String("channel"), system: c.String("system"), keep: c.Int("keep"), retries: c.Int("retries"),
 		activate: c.String("activate"), healthCheck: c.String("health-check"), healthTimeout: c.Duration("health-timeout"),
+		mirrors: c.StringSlice("mirror"), mirrorStall: c.Duration("mirror-stall"),
 		noFsync: c.Bool("no-fsync"), nix: c.String("nix"), nixProfile: c.String("nix-profile"), nixosSwitch: c.String("nixos-switch"),
 	}
 	if at := c.String("at"); at != "" {
@@ -110,6 +116,8 @@ func (o *deviceOpts) fromConfigFile(c *cli.Context) error {
 	take("health-timeout", func() { o.healthTimeout = cfg.HealthTimeout.Duration })
 	take("nix", func() { o.nix = cfg.Nix })
 	take("insecure", func() { o.registry.insecure = cfg.Insecure })
+	take("mirror", func() { o.mirrors = cfg.Mirrors })
+	take("mirror-stall", func() { o.mirrorStall = cfg.MirrorStall.Duration })
 	return nil
 }
 
@@ -123,6 +131,8 @@ func (o deviceOpts) validate() error {
 		return usageErrorf("--retries %d: at least 1", o.retries)
 	case o.healthTimeout <= 0:
 		return usageErrorf("--health-timeout %v: must be positive", o.healthTimeout)
+	case o.mirrorStall < time.Second:
+		return usageErrorf("--mirror-stall %v: at least 1s", o.mirrorStall)
 	case o.store == "" || o.state == "":
 		return usageErrorf("--store and --state must name directories")
 	case o.nix != "auto" && o.nix != "on" && o.nix != "off":
@@ -140,6 +150,13 @@ func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 		Store: o.store, State: o.state, System: o.system, Channel: o.channel,
 		Keep: o.keep, Activate: shell(o.activate), Health: shell(o.healthCheck),
 		HealthTimeout: o.healthTimeout, IO: o.registry.io(nil), NoFsync: o.noFsync, Stall: o.retries,
+	}
+	if len(o.mirrors) > 0 {
+		m, err := oci.NewMirrors(o.mirrors, o.registry.insecure, o.mirrorStall)
+		if err != nil {
+			return cfg, usageErrorf("--mirror: %v", err)
+		}
+		cfg.IO = append(cfg.IO, oci.WithMirrors(m))
 	}
 	if !o.at.IsZero() {
 		at := o.at
