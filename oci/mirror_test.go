@@ -26,40 +26,22 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/internal/meter"
 	"github.com/otter-fleet/otter/oci"
 )
 
-// countingOrigin is an in-process registry that counts the blob bytes it
-// serves.
-type countingOrigin struct {
-	h         http.Handler
-	blobBytes atomic.Int64
-}
-
-type countWriter struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (w countWriter) Write(b []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(b)
-	w.n.Add(int64(n))
-	return n, err
-}
-
-// ServeHTTP asks for fleet:secret, as a private origin does; the mirror
-// stand-in has its own way in (X-Mirror), as a pull-through cache has
-// its own credentials.
-func (c *countingOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if u, p, ok := r.BasicAuth(); !(ok && u == "fleet" && p == "secret") && r.Header.Get("X-Mirror") != "1" {
-		w.Header().Set("WWW-Authenticate", `Basic realm="origin"`)
-		w.WriteHeader(http.StatusUnauthorized)
-		return
-	}
-	if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet && r.Header.Get("X-Mirror") != "1" {
-		w = countWriter{w, &c.blobBytes}
-	}
-	c.h.ServeHTTP(w, r)
+// privateOrigin asks for fleet:secret, as a private origin does; the
+// mirror stand-in has its own way in (X-Mirror), as a pull-through cache
+// has its own credentials.
+func privateOrigin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !(ok && u == "fleet" && p == "secret") && r.Header.Get("X-Mirror") != "1" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="origin"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // mirrorOf is a pull-through stand-in for the origin: a reverse proxy
@@ -109,7 +91,11 @@ func deadHost(t *testing.T) string {
 // passed over for the next one or the origin, and the blob arrives intact
 // either way.
 func TestMirrors(t *testing.T) {
-	origin := &countingOrigin{h: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	// The origin counts the blob bytes it sends straight to a client.
+	origin := &meter.Handler{
+		H:     privateOrigin(registry.New(registry.Logger(log.New(io.Discard, "", 0)))),
+		Match: func(r *http.Request) bool { return meter.BlobGets(r) && r.Header.Get("X-Mirror") != "1" },
+	}
 	srv := httptest.NewServer(origin)
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
@@ -155,7 +141,7 @@ func TestMirrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before := origin.blobBytes.Load()
+			before := origin.Bytes()
 			dst := filepath.Join(t.TempDir(), "blob")
 			start := time.Now()
 			if _, err := oci.FetchBlob(context.Background(), ref, d, dst, 3, oci.WithInsecure(true), oci.WithMirrors(m), keys); err != nil {
@@ -167,7 +153,7 @@ func TestMirrors(t *testing.T) {
 			if got := m.Served(path); got != tc.served {
 				t.Errorf("served by %q, want %q", got, tc.served)
 			}
-			if read := origin.blobBytes.Load() - before; (read > 0) != tc.originRead {
+			if read := origin.Bytes() - before; (read > 0) != tc.originRead {
 				t.Errorf("origin served %d blob bytes; want some: %v", read, tc.originRead)
 			}
 			if time.Since(start) > 15*time.Second {

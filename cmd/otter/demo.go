@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -23,6 +22,7 @@ import (
 	"github.com/otter-fleet/otter/diff"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/fsutil"
+	"github.com/otter-fleet/otter/internal/meter"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/pipelines"
 	"github.com/otter-fleet/otter/sign"
@@ -133,35 +133,14 @@ func demoDir(dir string) (string, error) {
 	return abs, os.WriteFile(filepath.Join(abs, demoMarker), []byte("made by otter demo; a rerun empties this directory\n"), 0o644)
 }
 
-// countingHandler counts the response bytes it writes.
-type countingHandler struct {
-	h http.Handler
-	n atomic.Int64
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (w countingWriter) Write(b []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(b)
-	w.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c.h.ServeHTTP(countingWriter{w, &c.n}, r)
-}
-
 // demoRegistry runs go-containerregistry's registry on 127.0.0.1 until
 // ctx ends.
-func demoRegistry(ctx context.Context) (string, *countingHandler, error) {
+func demoRegistry(ctx context.Context) (string, *meter.Handler, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
 	}
-	h := &countingHandler{h: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	h := &meter.Handler{H: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }() // ends with ErrServerClosed
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
@@ -295,9 +274,9 @@ func runDemo(ctx context.Context, dir string, u *ui) (*demoResult, error) {
 				}
 			}
 		}
-		before := served.n.Load()
+		before := served.Bytes()
 		ur, err := d.Update(ctx, channel, device.UpdateOptions{})
-		step.Served = served.n.Load() - before
+		step.Served = served.Bytes() - before
 		switch {
 		case err == nil:
 			step.Outcome, step.Method, step.Generation = "updated", ur.Method, ur.To

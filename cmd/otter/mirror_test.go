@@ -11,11 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/otter-fleet/otter/device"
+	"github.com/otter-fleet/otter/internal/meter"
 	"github.com/otter-fleet/otter/internal/testutil"
 )
 
@@ -83,15 +83,9 @@ func TestSiteCache(t *testing.T) {
 
 	// The origin as the devices and the cache see it, counting the blob
 	// bytes it serves.
-	var blobBytes atomic.Int64
 	u, _ := url.Parse("http://" + origin)
-	proxy := httputil.NewSingleHostReverseProxy(u)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet {
-			w = countingResponse{w, &blobBytes}
-		}
-		proxy.ServeHTTP(w, r)
-	}))
+	blobBytes := &meter.Handler{H: httputil.NewSingleHostReverseProxy(u), Match: meter.BlobGets}
+	front := httptest.NewServer(blobBytes)
 	t.Cleanup(front.Close)
 	originHost := strings.TrimPrefix(front.URL, "http://")
 	cache := siteCache(t, front.URL)
@@ -108,14 +102,14 @@ func TestSiteCache(t *testing.T) {
 		}
 		testutil.VerifyStore(t, closures[1], d.store)
 		if i == 0 {
-			afterFirst = blobBytes.Load()
+			afterFirst = blobBytes.Bytes()
 		}
 	}
 	// The second device cost the origin nothing: every blob came from the
 	// cache. (The first cost what one device downloads, twice:
 	// distribution 2.8's proxy fetches a missed blob once to stream and
 	// once to store.)
-	if n := blobBytes.Load(); afterFirst == 0 || n != afterFirst {
+	if n := blobBytes.Bytes(); afterFirst == 0 || n != afterFirst {
 		t.Errorf("the origin served %d blob bytes for the first device and %d for the second", afterFirst, n-afterFirst)
 	}
 
@@ -133,15 +127,4 @@ func TestSiteCache(t *testing.T) {
 	if code, _, errs := otter(t, append([]string{"update", base + ":r2", "--mirror", "cache.local/fleet"}, d.args()...)...); code != exitUsage || !strings.Contains(errs, "HOST[:PORT]") {
 		t.Errorf("--mirror with a path: exit %d, %s", code, errs)
 	}
-}
-
-type countingResponse struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (w countingResponse) Write(b []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(b)
-	w.n.Add(int64(n))
-	return n, err
 }
