@@ -22,7 +22,7 @@ func WriteHTML(w io.Writer, r *Result, from, to string) error {
 	var ways []bar
 	maxWay := max(r.Totals.Patch, r.Totals.Layers, r.Totals.NarBytes, 1)
 	for _, b := range []bar{{"otter's patch", r.Totals.Patch, 0, "patch"}, {"the missing layers", r.Totals.Layers, 0, "layers"}, {"Nix substitution (NAR)", r.Totals.NarBytes, 0, "nix"}} {
-		b.Width = 100 * float64(b.Bytes) / float64(maxWay)
+		b.Width = barScale * float64(b.Bytes) / float64(maxWay)
 		ways = append(ways, b)
 	}
 	var paths []bar
@@ -36,7 +36,7 @@ func WriteHTML(w io.Writer, r *Result, from, to string) error {
 		if p.Status == Unchanged || p.Status == Removed {
 			continue
 		}
-		paths = append(paths, bar{Label: p.Name + " (" + p.Status + ")", Bytes: p.PatchBytes, Width: 100 * float64(p.PatchBytes) / float64(maxPath), Class: p.Status})
+		paths = append(paths, bar{Label: p.Name + " (" + p.Status + ")", Bytes: p.PatchBytes, Width: barScale * float64(p.PatchBytes) / float64(maxPath), Class: p.Status})
 	}
 	sort.SliceStable(paths, func(i, j int) bool { return paths[i].Bytes > paths[j].Bytes })
 
@@ -113,6 +113,10 @@ func WriteHTML(w io.Writer, r *Result, from, to string) error {
 	})
 }
 
+// barScale is the longest bar's share of its track (percent): the rest
+// is room for the figure beside it.
+const barScale = 85
+
 func reverse(s []string) []string {
 	out := make([]string, len(s))
 	for i, v := range s {
@@ -148,7 +152,8 @@ var page = template.Must(template.New("diff").Funcs(template.FuncMap{
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 h1{font-size:20px} h2{font-size:16px;margin-top:2em}
 .bar{display:flex;align-items:center;margin:4px 0}
-.bar .l{width:260px} .bar .b{height:16px;background:#4a7;margin-right:8px}
+.bar .l{flex:0 0 260px} .bar .t{flex:1;display:flex;align-items:center;min-width:0}
+.bar .b{height:16px;background:#4a7;margin-right:8px;flex:none} .bar .v{white-space:nowrap}
 .bar .b.layers,.bar .b.renamed{background:#79c} .bar .b.nix,.bar .b.changed{background:#c75} .bar .b.added{background:#a6c}
 table{border-collapse:collapse} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}
 td.n{text-align:right} svg text{font-size:12px}
@@ -156,9 +161,9 @@ td.n{text-align:right} svg text{font-size:12px}
 <h1>What the update {{.From}} → {{.To}} costs, and why</h1>
 <p id="summary">{{index .Totals.Paths "changed"}} changed, {{index .Totals.Paths "renamed"}} renamed only, {{index .Totals.Paths "added"}} added, {{index .Totals.Paths "removed"}} removed, {{index .Totals.Paths "unchanged"}} unchanged.</p>
 <h2>What a device downloads</h2>
-<div id="ways">{{range .Ways}}<div class="bar"><span class="l">{{.Label}}</span><span class="b {{.Class}}" style="width:{{printf "%.1f" .Width}}%"></span><span>{{human .Bytes}}</span></div>{{end}}</div>
+<div id="ways">{{range .Ways}}<div class="bar"><span class="l">{{.Label}}</span><span class="t"><span class="b {{.Class}}" style="width:{{printf "%.1f" .Width}}%"></span><span class="v">{{human .Bytes}}</span></span></div>{{end}}</div>
 <h2>Where the patch's bytes go</h2>
-<div id="paths">{{range .Paths}}<div class="bar"><span class="l">{{.Label}}</span><span class="b {{.Class}}" style="width:{{printf "%.1f" .Width}}%"></span><span>{{human .Bytes}}</span></div>{{end}}</div>
+<div id="paths">{{range .Paths}}<div class="bar"><span class="l">{{.Label}}</span><span class="t"><span class="b {{.Class}}" style="width:{{printf "%.1f" .Width}}%"></span><span class="v">{{human .Bytes}}</span></span></div>{{end}}</div>
 <h2>The cascade</h2>
 <svg id="cascade" xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}">
 {{range .Edges}}<line x1="{{.X1}}" y1="{{.Y1}}" x2="{{.X2}}" y2="{{.Y2}}" stroke="#888"/>{{end}}
@@ -166,7 +171,7 @@ td.n{text-align:right} svg text{font-size:12px}
 </svg>
 <h2>Every path</h2>
 <table id="table"><tr><th>status</th><th>path</th><th>NAR</th><th>layer</th><th>patch</th><th>why</th></tr>
-{{range .All}}{{if ne .Status "unchanged"}}<tr class="{{.Status}}"><td>{{.Status}}</td><td>{{.Name}} {{.FromVersion}}{{if and .FromVersion .Version}} → {{end}}{{.Version}}</td><td class="n">{{human .NarSize}}</td><td class="n">{{human .LayerSize}}</td><td class="n">{{human .PatchBytes}}</td><td>{{causes .Causes}}</td></tr>{{end}}{{end}}
+{{range .All}}{{if ne .Status "unchanged"}}<tr class="{{.Status}}"><td>{{.Status}}</td><td>{{.Name}} {{if and .FromVersion .Version (ne .FromVersion .Version)}}{{.FromVersion}} → {{.Version}}{{else if .Version}}{{.Version}}{{else}}{{.FromVersion}}{{end}}</td><td class="n">{{human .NarSize}}</td><td class="n">{{human .LayerSize}}</td><td class="n">{{human .PatchBytes}}</td><td>{{causes .Causes}}</td></tr>{{end}}{{end}}
 </table>
 </body></html>
 `))

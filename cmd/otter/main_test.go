@@ -364,6 +364,8 @@ func TestDemo(t *testing.T) {
 	}
 	if html, err := os.ReadFile(res.Report); err != nil || !bytes.Contains(html, []byte("libgreet")) {
 		t.Errorf("report %s: %v", res.Report, err)
+	} else if bytes.Contains(html, []byte("2.3 → 2.3")) || !bytes.Contains(html, []byte("<td>dashboard 2.3</td>")) {
+		t.Errorf("the report writes a renamed path's unchanged version as a change")
 	}
 	// Again: the directory is emptied and the bundles are the same.
 	var again demoResult
