@@ -213,6 +213,32 @@ func TestMirrors(t *testing.T) {
 	}
 }
 
+// TestMirrorWhileOriginDown: a cache that holds the blob serves it while
+// no connection to the origin can be made (an origin restarting); the
+// version check, which goes to the origin first, falls back to it too.
+func TestMirrorWhileOriginDown(t *testing.T) {
+	cache := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(cache.Close)
+	cacheHost := strings.TrimPrefix(cache.URL, "http://")
+	data, d := pushBlob(t, cacheHost, "fleet/app", 300<<10)
+	origin := deadHost(t)
+	m, err := oci.NewMirrors([]string{cacheHost}, true, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "blob")
+	if _, err := oci.FetchBlob(context.Background(), fetchRef(t, origin, "fleet/app"), d, dst, 2, oci.WithInsecure(true), oci.WithMirrors(m)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readFile(dst); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("fetched blob differs (%v)", err)
+	}
+	// Without the mirror the same fetch fails: the origin is really down.
+	if _, err := oci.FetchBlob(context.Background(), fetchRef(t, origin, "fleet/app"), d, filepath.Join(t.TempDir(), "b"), 1, oci.WithInsecure(true), oci.WithRetry(1, time.Millisecond, 1)); err == nil {
+		t.Fatal("fetched from a dead origin")
+	}
+}
+
 // TestNewMirrorsRefuses: bad mirror lists are refused with the reason.
 func TestNewMirrorsRefuses(t *testing.T) {
 	for _, tc := range []struct {
