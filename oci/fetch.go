@@ -96,7 +96,15 @@ func FetchBlob(ctx context.Context, ref Ref, d v1.Descriptor, dst string, stall 
 		}
 	}
 	wait, failures := time.Duration(0), 0
+	// A download a mirror spoiled starts again, once, from the next
+	// source: the mirror that served it is passed over.
 	mirrorRetried := false
+	canRetry := func() bool { return o.mirrors != nil && ref.Remote != nil && !mirrorRetried }
+	restartElsewhere := func() error {
+		o.mirrors.distrust(blobPath(ref, d))
+		have, failures, wait, mirrorRetried = 0, 0, 0, true
+		return truncate(f, 0)
+	}
 again:
 	for have < d.Size {
 		if failures > stall {
@@ -128,14 +136,11 @@ again:
 			// A full disk does not get better by asking again.
 			return res, fmt.Errorf("fetching %s: %w", d.Digest, we.Err)
 		}
-		if errors.Is(err, bundle.ErrLayerDigest) && o.mirrors != nil && ref.Remote != nil && !mirrorRetried &&
-			o.mirrors.Served(blobPath(ref, d)) != "" {
-			// A mirror ended the blob short: pass it over and start again.
-			o.mirrors.distrust(blobPath(ref, d))
-			if err := truncate(f, 0); err != nil {
+		if errors.Is(err, bundle.ErrLayerDigest) && canRetry() && o.mirrors.Served(blobPath(ref, d)) != "" {
+			// A mirror ended the blob short.
+			if err := restartElsewhere(); err != nil {
 				return res, err
 			}
-			have, failures, wait, mirrorRetried = 0, 0, 0, true
 			continue
 		}
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnauthorized) || errors.Is(err, bundle.ErrLayerDigest) {
@@ -158,13 +163,11 @@ again:
 	if err != nil {
 		return res, err
 	}
-	if got != d.Digest && o.mirrors != nil && ref.Remote != nil && !mirrorRetried {
-		// A mirror served some of it: pass it over and start again.
-		o.mirrors.distrust(blobPath(ref, d))
-		if err := truncate(f, 0); err != nil {
+	if got != d.Digest && canRetry() {
+		// A mirror served some of it.
+		if err := restartElsewhere(); err != nil {
 			return res, err
 		}
-		have, failures, wait, mirrorRetried = 0, 0, 0, true
 		goto again
 	}
 	if got != d.Digest {

@@ -43,7 +43,6 @@ var errMirrorDigest = fmt.Errorf("%w: a mirror served bytes that do not match th
 type Mirrors struct {
 	mirrors []mirror
 	stall   time.Duration
-	now     func() time.Time
 
 	mu     sync.Mutex
 	down   map[string]time.Time // mirror host → until when it is passed over
@@ -60,7 +59,7 @@ func NewMirrors(hosts []string, insecure bool, stall time.Duration) (*Mirrors, e
 	if stall < time.Second {
 		return nil, fmt.Errorf("oci: mirror stall timeout %v is under a second", stall)
 	}
-	m := &Mirrors{stall: stall, now: time.Now, down: map[string]time.Time{}, served: map[string]string{}}
+	m := &Mirrors{stall: stall, down: map[string]time.Time{}, served: map[string]string{}}
 	seen := map[string]bool{}
 	for _, h := range hosts {
 		scheme := ""
@@ -115,13 +114,13 @@ func (m *Mirrors) distrust(path string) {
 func (m *Mirrors) markDown(host string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.down[host] = m.now().Add(MirrorRetryAfter)
+	m.down[host] = time.Now().Add(MirrorRetryAfter)
 }
 
 func (m *Mirrors) isDown(host string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.now().Before(m.down[host])
+	return time.Now().Before(m.down[host])
 }
 
 func (m *Mirrors) setServed(path, host string) {
@@ -191,10 +190,10 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 		// The origin's credentials are not the mirror's business.
 		r.Header.Del("Authorization")
 		timer := time.AfterFunc(m.stall, cancel)
+		release := func() { timer.Stop(); cancel() }
 		resp, err := t.inner.RoundTrip(r)
 		if err != nil {
-			timer.Stop()
-			cancel()
+			release()
 			if req.Context().Err() != nil {
 				// The caller gave up; the mirror is not to blame.
 				return nil, false
@@ -202,31 +201,26 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 			m.markDown(mi.host)
 			continue
 		}
-		switch {
-		case resp.StatusCode == http.StatusNotFound:
-			// Not there (a cache that cannot reach the origin either, or
-			// a path it does not proxy): ask the next.
-			timer.Stop()
+		if resp.StatusCode >= 400 {
+			release()
 			resp.Body.Close()
-			cancel()
-			continue
-		case resp.StatusCode >= 400:
-			timer.Stop()
-			resp.Body.Close()
-			cancel()
-			m.markDown(mi.host)
+			// A 404 is not there (a cache that cannot reach the origin
+			// either, or a path it does not proxy): ask the next, without
+			// passing this one over.
+			if resp.StatusCode != http.StatusNotFound {
+				m.markDown(mi.host)
+			}
 			continue
 		}
 		want := digestIn(req.URL.Path)
-		if want != "" && req.Method == http.MethodGet && req.Header.Get("Range") == "" && resp.StatusCode == http.StatusOK &&
-			resp.ContentLength >= 0 && resp.ContentLength <= mirrorCheckWhole {
+		whole := want != "" && req.Method == http.MethodGet && req.Header.Get("Range") == "" && resp.StatusCode == http.StatusOK
+		if whole && resp.ContentLength >= 0 && resp.ContentLength <= mirrorCheckWhole {
 			// A small answer for a digest (a manifest, a config, a
 			// statement) is checked whole here, so that a bad one is
 			// asked of the next source within this request.
 			body, err := io.ReadAll(io.LimitReader(resp.Body, mirrorCheckWhole+1))
-			timer.Stop()
+			release()
 			resp.Body.Close()
-			cancel()
 			sum := sha256.Sum256(body)
 			if err != nil || hex.EncodeToString(sum[:]) != want {
 				if req.Context().Err() != nil {
@@ -241,8 +235,8 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 		}
 		m.setServed(req.URL.Path, mi.host)
 		w := &watchedBody{rc: resp.Body, timer: timer, cancel: cancel, stall: m.stall, m: m, host: mi.host, parent: req.Context()}
-		// A larger whole answer for a digest is checked as it streams.
-		if want != "" && req.Method == http.MethodGet && req.Header.Get("Range") == "" && resp.StatusCode == http.StatusOK {
+		if whole {
+			// A larger whole answer for a digest is checked as it streams.
 			w.h, w.want = sha256.New(), want
 		}
 		resp.Body = w
