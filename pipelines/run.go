@@ -431,6 +431,17 @@ func ParseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// Note says why a patch was not made in this run ("" when it was).
+func (p PatchResult) Note() string {
+	switch {
+	case p.Skipped:
+		return "no patch: " + p.Reason
+	case p.Existing:
+		return "already published"
+	}
+	return ""
+}
+
 // Summary is the run's cost table in Markdown, for a CI job's summary
 // ($GITHUB_STEP_SUMMARY): per target and base, what a device downloads
 // by patch, by the missing layers, and what Nix would substitute.
@@ -443,13 +454,7 @@ func Summary(res *Result) string {
 			fmt.Fprintf(&b, "| %s | (none) | | | | %d | | first release |\n", t.Name, t.Full)
 		}
 		for _, p := range t.Patches {
-			note := ""
-			switch {
-			case p.Skipped:
-				note = "no patch: " + p.Reason
-			case p.Existing:
-				note = "already published"
-			}
+			note := p.Note()
 			layers, nar, counts := "", "", ""
 			if d := p.Diff; d != nil {
 				layers, nar = fmt.Sprint(d.Totals.Layers), fmt.Sprint(d.Totals.NarBytes)

@@ -139,13 +139,7 @@ func printRelease(w io.Writer, res *pipelines.Result) {
 	for _, t := range res.Targets {
 		fmt.Fprintf(w, "%-12s %-10s %12s %12s %8s  %s\n", t.Name, "(none)", humanBytes(t.Full), humanBytes(t.Full), "", t.Digest)
 		for _, p := range t.Patches {
-			note := ""
-			switch {
-			case p.Skipped:
-				note = "no patch: " + p.Reason
-			case p.Existing:
-				note = "already published"
-			}
+			note := p.Note()
 			if d := p.Diff; d != nil && note == "" {
 				note = fmt.Sprintf("%d renamed, %d changed; Nix would substitute %s of NAR", d.Totals.Paths[diff.Renamed], d.Totals.Paths[diff.Changed], humanBytes(d.Totals.NarBytes))
 			}
