@@ -2,7 +2,6 @@ package otter_test
 
 import (
 	"bytes"
-	"debug/elf"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -77,19 +76,7 @@ func TestPackages(t *testing.T) {
 	if out, err := exec.Command("dpkg-deb", "-x", filepath.Join(a, "otter_0.3.0_arm64.deb"), arm).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	f, err := elf.Open(filepath.Join(arm, "usr/bin/otter"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if f.Machine != elf.EM_AARCH64 {
-		t.Fatalf("the arm64 package holds a %v binary", f.Machine)
-	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Fatal("the arm64 binary is not static")
-		}
-	}
+	testutil.StaticARM64(t, filepath.Join(arm, "usr/bin/otter"))
 	// The unit, as installed, with its ExecStart pointing at the binary.
 	unit, _ := os.ReadFile(filepath.Join(root, "lib/systemd/system/otter-agent.service"))
 	check := filepath.Join(t.TempDir(), "otter-agent.service")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"debug/elf"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -90,19 +89,7 @@ func arm64Otter(t *testing.T) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("cross-building otter: %v\n%s", err, out)
 	}
-	f, err := elf.Open(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if f.Machine != elf.EM_AARCH64 {
-		t.Fatalf("built for %v", f.Machine)
-	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Fatal("the arm64 binary is dynamically linked")
-		}
-	}
+	testutil.StaticARM64(t, bin)
 	return bin
 }
 

@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"debug/elf"
 	"fmt"
 	"io/fs"
 	"net/http/httptest"
@@ -264,4 +265,23 @@ func NixChrootStore(t testing.TB) (root, store string) {
 		t.Fatalf("nix-store --verify: %v %s", err, out)
 	}
 	return root, store
+}
+
+// StaticARM64 fails the test unless path is a statically linked aarch64
+// ELF executable, as a device runs otter.
+func StaticARM64(t testing.TB, path string) {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_AARCH64 {
+		t.Fatalf("%s is a %v binary, not aarch64", path, f.Machine)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatalf("%s is dynamically linked", path)
+		}
+	}
 }
