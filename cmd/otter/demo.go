@@ -294,9 +294,7 @@ func runDemo(ctx context.Context, dir string, u *ui) (*demoResult, error) {
 			if err != nil {
 				return nil, err
 			}
-			for _, p := range cur.Config.Paths {
-				step.Nix += p.NarSize
-			}
+			step.Nix = cur.Config.Closure().NarSize()
 		}
 		if step.Method != "" {
 			u.info("  device: %s by %s, %s downloaded", step.Outcome, step.Method, humanBytes(step.Served))

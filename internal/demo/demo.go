@@ -33,13 +33,16 @@ type storePath struct {
 
 // StorePath returns the store path of a demo package. The hash is derived
 // from the name, as a stand-in for what Nix would compute.
-func StorePath(name string) string {
-	d := sha256.Sum256([]byte("otter-demo\x00" + name))
+func StorePath(name string) string { return nix.StoreDir + "/" + storeHash(name) + "-" + name }
+
+// storeHash is a store path's hash part made from key.
+func storeHash(key string) string {
+	d := sha256.Sum256([]byte("otter-demo\x00" + key))
 	var folded [20]byte
 	for i, b := range d {
 		folded[i%20] ^= b
 	}
-	return nix.StoreDir + "/" + nix.EncodeBase32(folded[:]) + "-" + name
+	return nix.EncodeBase32(folded[:])
 }
 
 // Root is the demo closure's root store path.
@@ -103,18 +106,18 @@ func Write(storeDir string) error { return writePaths(storeDir, paths()) }
 
 func writePaths(storeDir string, sps []storePath) error {
 	for _, sp := range sps {
-		if err := writeAt(storeDir, StorePath(sp.name), sp); err != nil {
+		if err := writeAt(storeDir, StorePath(sp.name), sp.files); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// writeAt writes sp as the store path path into storeDir.
-func writeAt(storeDir, path string, sp storePath) error {
+// writeAt writes files as the store path path into storeDir.
+func writeAt(storeDir, path string, files []file) error {
 	root := filepath.Join(storeDir, nix.BaseName(path))
 	var dirs []string
-	for _, f := range sp.files {
+	for _, f := range files {
 		p := filepath.Join(root, filepath.FromSlash(f.path))
 		for d := filepath.Dir(p); strings.HasPrefix(d, root); d = filepath.Dir(d) {
 			dirs = append(dirs, d)

@@ -37,8 +37,7 @@ func (p storyPkg) path() string {
 	for _, d := range deps {
 		key += "\x00" + d
 	}
-	hashed := StorePath(key)
-	return hashed[:len(nix.StoreDir)+1+32] + "-" + p.name + "-" + p.version
+	return nix.StoreDir + "/" + storeHash(key) + "-" + p.name + "-" + p.version
 }
 
 // storyRelease is release n of the story, leaves first.
@@ -140,8 +139,7 @@ func WriteStory(dir string, n int) (string, error) {
 	var infos []nix.PathInfo
 	for _, p := range pkgs {
 		path := p.path()
-		sp := storePath{name: nix.BaseName(path)[33:], files: p.files}
-		if err := writeAt(store, path, sp); err != nil {
+		if err := writeAt(store, path, p.files); err != nil {
 			return "", err
 		}
 		h, size, err := nix.HashPath(filepath.Join(store, nix.BaseName(path)))
