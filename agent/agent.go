@@ -230,6 +230,8 @@ func (a *Agent) Attempt(ctx context.Context) Attempt {
 		fmt.Fprintf(a.Log, "otter agent: %s unchanged\n", a.Ref)
 	case att.Result.UpToDate:
 		fmt.Fprintf(a.Log, "otter agent: %s: up to date\n", a.Ref)
+	case att.Result.Hold != nil:
+		fmt.Fprintf(a.Log, "otter agent: %s: %s\n", a.Ref, att.Result.Hold.Message)
 	default:
 		fmt.Fprintf(a.Log, "otter agent: updated to release %d (%s) by %s, %d bytes\n", att.Result.Version, att.Result.Target, att.Result.Method, att.Result.Transferred)
 	}

@@ -45,6 +45,11 @@ type Config struct {
 	// is how long one may send nothing before the next is asked.
 	Mirrors     []string `yaml:"mirrors"`
 	MirrorStall Duration `yaml:"mirrorStall"`
+	// Wariness is the device's place in staged rollouts, in [0,1): 0 for
+	// canaries, near 1 for cautious devices. Unset, it is derived from
+	// the machine id in MachineID (docs/signing.md §7).
+	Wariness  *float64 `yaml:"wariness"`
+	MachineID string   `yaml:"machineId"`
 	// Nix is auto, on or off (docs/device.md §6).
 	Nix           string   `yaml:"nix"`
 	Activate      string   `yaml:"activate"`
@@ -89,6 +94,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // Defaults: what a config that leaves a field out gets.
 var defaults = Config{
 	Version: 1, System: "aarch64-linux", Store: "/nix/store", State: "/var/lib/otter", Nix: "auto", Keep: 3,
+	MachineID: "/etc/machine-id",
 	HealthTimeout: Duration{2 * time.Minute}, MirrorStall: Duration{30 * time.Second},
 	Schedule: Schedule{Interval: Duration{30 * time.Minute}, Jitter: Duration{5 * time.Minute},
 		AfterBoot: Duration{2 * time.Minute}, MaxBackoff: Duration{6 * time.Hour}},
@@ -148,6 +154,10 @@ func (c *Config) validate() error {
 		return c.fieldErr("healthTimeout", "must be positive")
 	case c.MirrorStall.Duration < time.Second:
 		return c.fieldErr("mirrorStall", "%v: at least 1s", c.MirrorStall.Duration)
+	case c.Wariness != nil && !(*c.Wariness >= 0 && *c.Wariness < 1):
+		return c.fieldErr("wariness", "%v: in [0,1) (0 goes first)", *c.Wariness)
+	case !strings.HasPrefix(c.MachineID, "/"):
+		return c.fieldErr("machineId", "%q: an absolute path", c.MachineID)
 	case c.Schedule.Interval.Duration < time.Second:
 		return c.fieldErr("schedule.interval", "%v: at least 1s", c.Schedule.Interval.Duration)
 	case c.Schedule.Jitter.Duration < 0 || c.Schedule.Jitter.Duration > c.Schedule.Interval.Duration:

@@ -51,6 +51,10 @@ type Config struct {
 	Stall int
 	IO    []oci.IOOption
 	Now   func() time.Time
+	// Wariness gives the device's place in staged rollouts, in [0,1): 0
+	// goes first, near 1 last (sign.Wariness of the machine id, or set).
+	// Nil refuses staged releases.
+	Wariness func() (float64, error)
 	// Progress reports download bytes.
 	Progress bundle.Progress
 	// NoFsync skips syncs, for scratch devices in tests and benchmarks.

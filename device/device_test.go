@@ -71,6 +71,13 @@ func publish(t *testing.T, n int) *published { return publishTrees(t, n, demo.Wr
 // publishTrees publishes the releases write makes (1..n) as publish does.
 func publishTrees(t *testing.T, n int, write func(store string, i int) (*nix.Closure, error)) *published {
 	t.Helper()
+	return publishStaged(t, n, write, nil)
+}
+
+// publishStaged publishes as publishTrees does, release i staged by
+// rollouts[i] where it has one.
+func publishStaged(t *testing.T, n int, write func(store string, i int) (*nix.Closure, error), rollouts map[int]*sign.Rollout) *published {
+	t.Helper()
 	ctx := context.Background()
 	key, err := sign.GenerateKey(sign.Ed25519)
 	if err != nil {
@@ -99,6 +106,7 @@ func publishTrees(t *testing.T, n int, write func(store string, i int) (*nix.Clo
 		if err != nil {
 			t.Fatal(err)
 		}
+		signer.Rollout = rollouts[i]
 		st, err := signer.Statement(desc, b.Config, uint64(i), "stable")
 		if err != nil {
 			t.Fatal(err)

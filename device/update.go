@@ -59,7 +59,62 @@ type UpdateResult struct {
 	Transferred int64    `json:"transferred"`
 	Built       []string `json:"built"`
 	Collected   []string `json:"collected"`
+	// Hold, when set, says why the device stays where it is although the
+	// release verified: it is halted, or its rollout has not reached this
+	// device. Not an error.
+	Hold *Hold `json:"hold,omitempty"`
 }
+
+// Hold is why a verified release is not installed now.
+type Hold struct {
+	// Kind is "halted" (a signed halt is in force) or "rollout" (the
+	// staged rollout has not reached this device's wariness).
+	Kind    string `json:"kind"`
+	Message string `json:"message"`
+	// Fraction is the rollout's current fraction and Wariness this
+	// device's, for a rollout hold.
+	Fraction float64 `json:"fraction,omitempty"`
+	Wariness float64 `json:"wariness,omitempty"`
+	// Halt is the halt in force, for a halted release.
+	Halt *sign.Halt `json:"halt,omitempty"`
+}
+
+// hold decides whether the verified release stmt is installed now
+// (docs/device.md §10): not while a halt is in force, nor before its
+// rollout schedule reaches this device's wariness.
+func (d *Device) hold(ctx context.Context, ref oci.Ref, digest v1.Hash, stmt *sign.Release, p sign.Policy) (*Hold, error) {
+	var h *sign.Halt
+	err := d.retry(ctx, func() (err error) {
+		h, err = release.Halted(ctx, ref, digest, p, d.c.IO...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		return &Hold{Kind: "halted", Halt: h, Message: fmt.Sprintf("release %d is halted until %s: %s", h.Version, h.Expires, h.Reason)}, nil
+	}
+	if stmt.Rollout == nil {
+		return nil, nil
+	}
+	if d.c.Wariness == nil {
+		return nil, fmt.Errorf("%w: release %d has a rollout schedule, and this device has no wariness", ErrNoWariness, stmt.Version)
+	}
+	w, err := d.c.Wariness()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoWariness, err)
+	}
+	now := d.c.Now()
+	if f := stmt.Rollout.FractionAt(now); !(w < f) {
+		return &Hold{Kind: "rollout", Fraction: f, Wariness: w,
+			Message: fmt.Sprintf("release %d is rolling out (%s): at %.1f%% of devices, this device's wariness is %.1f%%", stmt.Version, stmt.Rollout, 100*f, 100*w)}, nil
+	}
+	return nil, nil
+}
+
+// ErrNoWariness is a staged release on a device that has neither a
+// wariness in its configuration nor a machine id to derive one from.
+var ErrNoWariness = errors.New("device: no wariness for a staged rollout")
 
 // Update installs the release ref names, or leaves the device on its
 // current release with the reason in the returned error and last.json.
@@ -147,6 +202,17 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return fail(err)
 	}
 	res.Version = stmt.Version
+	// A verified release may still not be for this device yet: a halt in
+	// force, or a staged rollout that has not reached its wariness.
+	if res.Hold, err = d.hold(ctx, ref, digest, stmt, policy); err != nil {
+		return fail(err)
+	}
+	if res.Hold != nil {
+		if err := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "held", Reason: res.Hold.Message}); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
 
 	if err := d.setPhase(j, phaseFetch); err != nil {
 		return nil, err

@@ -6,9 +6,11 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/otter-fleet/otter/internal/yamlfile"
 	"github.com/otter-fleet/otter/nix"
+	"github.com/otter-fleet/otter/sign"
 )
 
 // ErrReleaseFile is returned for a release file otter cannot use; the
@@ -61,6 +63,9 @@ type Signing struct {
 	Key     string `yaml:"key"`
 	Expires string `yaml:"expires"`
 	Cosign  *bool  `yaml:"cosign"`
+	// Rollout stages the release: PERCENT%:DURATION[@START]
+	// (sign.ParseRollout); empty offers it to every device at once.
+	Rollout string `yaml:"rollout"`
 }
 
 // Patches says which earlier releases get a patch to this one.
@@ -173,6 +178,11 @@ func (rf *ReleaseFile) validate() error {
 	}
 	if rf.Signing.Expires == "" {
 		rf.Signing.Expires = "30d"
+	}
+	if rf.Signing.Rollout != "" {
+		if _, err := sign.ParseRollout(rf.Signing.Rollout, time.Unix(0, 0)); err != nil {
+			return rf.fieldErr("signing.rollout", "%v", err)
+		}
 	}
 	if rf.Patches.From < 0 || rf.Patches.From > 32 {
 		return rf.fieldErr("patches.from", "must be 0 to 32, is %d", rf.Patches.From)

@@ -38,6 +38,8 @@ type Runner struct {
 	Keys    []crypto.Signer
 	Now     time.Time
 	Expires time.Time
+	// Rollout, when set, stages the release (docs/signing.md §7).
+	Rollout *sign.Rollout
 	// Created is the bundles' creation time (SOURCE_DATE_EPOCH).
 	Created time.Time
 	IO      []oci.IOOption
@@ -168,7 +170,7 @@ func (r *Runner) target(ctx context.Context, t Target, trust *sign.Trust) (*Targ
 	}
 
 	// A release statement per channel.
-	signer := release.Signer{Keys: r.Keys, Now: r.Now, Expires: r.Expires, IO: r.IO}
+	signer := release.Signer{Keys: r.Keys, Now: r.Now, Expires: r.Expires, Rollout: r.Rollout, IO: r.IO}
 	envs, err := release.Statements(ctx, ref, desc.Digest, sign.ReleaseType, r.IO...)
 	if err != nil {
 		return nil, err

@@ -17,9 +17,11 @@ import (
 )
 
 // Signer signs statements with its keys, valid from Now until Expires.
+// Rollout, when set, stages the releases it signs.
 type Signer struct {
 	Keys         []crypto.Signer
 	Now, Expires time.Time
+	Rollout      *sign.Rollout
 	IO           []oci.IOOption
 }
 
@@ -40,9 +42,34 @@ func (s Signer) Statement(desc v1.Descriptor, cfg *bundle.Config, version uint64
 	}
 	st := &sign.Release{
 		Digest: desc.Digest.String(), Version: version, Channel: channel, System: cfg.System,
-		Root: cfg.Root, Created: sign.FormatTime(s.Now), Expires: sign.FormatTime(s.Expires), KeyID: keyid,
+		Root: cfg.Root, Created: sign.FormatTime(s.Now), Expires: sign.FormatTime(s.Expires), Rollout: s.Rollout, KeyID: keyid,
 	}
 	return st, st.Validate()
+}
+
+// Halt signs a halt of the release st names (its digest, version,
+// channel and system), in force from s.Now until s.Expires, and attaches
+// it to the bundle desc at ref. It returns the halt and the attached
+// artifact's descriptor.
+func (s Signer) Halt(ctx context.Context, ref oci.Ref, desc v1.Descriptor, version uint64, channel, system, reason string) (*sign.Halt, v1.Descriptor, error) {
+	keyid, err := sign.KeyID(s.Keys[0].Public())
+	if err != nil {
+		return nil, v1.Descriptor{}, err
+	}
+	h := &sign.Halt{
+		Digest: desc.Digest.String(), Version: version, Channel: channel, System: system, Reason: reason,
+		Created: sign.FormatTime(s.Now), Expires: sign.FormatTime(s.Expires), KeyID: keyid,
+	}
+	payload, err := h.Marshal()
+	if err != nil {
+		return nil, v1.Descriptor{}, err
+	}
+	env, err := s.Seal(sign.HaltType, payload)
+	if err != nil {
+		return nil, v1.Descriptor{}, err
+	}
+	att, err := oci.Attach(ctx, ref, desc, sign.HaltType, env, s.IO...)
+	return h, att, err
 }
 
 // AttachRelease attaches a sealed release statement to the bundle at ref

@@ -6,7 +6,8 @@
 // Verify is the device's rule: a release statement attached to the
 // bundle that passes the policy (docs/signing.md §6). A cosign signature
 // alone is not enough for a device; VerifyCosign checks one for
-// interoperability (otter verify --cosign). FindPatch finds a signed
+// interoperability (otter verify --cosign). Halted finds a signed halt
+// of a staged rollout. FindPatch finds a signed
 // patch from the installed release. Signer publishes; Worthwhile is the
 // max-share rule for patches.
 package release
@@ -25,7 +26,7 @@ import (
 )
 
 // AttachmentTypes are the signed statements that travel with a bundle.
-var AttachmentTypes = []string{sign.ReleaseType, sign.PatchType}
+var AttachmentTypes = []string{sign.ReleaseType, sign.PatchType, sign.HaltType}
 
 // Statements returns the statements of the given type attached to the
 // bundle digest at ref, each bounded by sign.MaxEnvelopeSize (an
@@ -52,6 +53,17 @@ func Verify(ctx context.Context, ref oci.Ref, digest v1.Hash, p sign.Policy, opt
 		return nil, nil, fmt.Errorf("release %s: %w", digest, err)
 	}
 	return e, r, nil
+}
+
+// Halted returns the halt in force for the bundle digest at ref under
+// the policy (sign.HaltInForce), or nil.
+func Halted(ctx context.Context, ref oci.Ref, digest v1.Hash, p sign.Policy, opts ...oci.IOOption) (*sign.Halt, error) {
+	envs, err := Statements(ctx, ref, digest, sign.HaltType, opts...)
+	if err != nil {
+		return nil, err
+	}
+	p.Digest = digest.String()
+	return sign.HaltInForce(envs, p), nil
 }
 
 // VerifyCosign checks the cosign signatures of the bundle digest at ref

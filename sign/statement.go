@@ -33,7 +33,9 @@ type Release struct {
 	Root    string `json:"root"`
 	Created string `json:"created"`
 	Expires string `json:"expires"`
-	KeyID   string `json:"keyid"`
+	// Rollout, when set, stages the release (Rollout.Offered).
+	Rollout *Rollout `json:"rollout,omitempty"`
+	KeyID   string   `json:"keyid"`
 }
 
 // Patch is what a release key says of one patch: applied to the bundle
@@ -94,6 +96,15 @@ func (r *Release) Validate() error {
 	}
 	if err := nix.ValidateStorePath(r.Root); err != nil {
 		return fmt.Errorf("%w: root: %v", ErrMalformed, err)
+	}
+	if r.Rollout != nil {
+		if err := r.Rollout.Validate(); err != nil {
+			return err
+		}
+		start, _ := time.Parse(time.RFC3339, r.Rollout.Start)
+		if exp, err := time.Parse(time.RFC3339, r.Expires); err == nil && !start.Before(exp) {
+			return fmt.Errorf("%w: rollout starts at %s, when the statement has expired", ErrMalformed, r.Rollout.Start)
+		}
 	}
 	return checkCommon(r.Version, r.Channel, r.System, r.Created, r.Expires, r.KeyID)
 }

@@ -114,6 +114,10 @@ func FuzzParseEnvelope(f *testing.F) {
 
 func FuzzParseRelease(f *testing.F) {
 	testutil.AddSeeds(f, vectorPath("vector-statement.json"))
+	r := release(vectorKey())
+	r.Rollout = &sign.Rollout{Start: r.Created, Fraction: 1000, Duration: 172800}
+	staged, _ := r.Marshal()
+	f.Add(staged)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := sign.ParseRelease(data)
 		if err != nil {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -14,6 +16,7 @@ import (
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/nixdb"
 	"github.com/otter-fleet/otter/oci"
+	"github.com/otter-fleet/otter/sign"
 )
 
 func deviceFlags() []cli.Flag {
@@ -29,6 +32,8 @@ func deviceFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "health-timeout", Value: 2 * time.Minute, Usage: "how long activation and the health check may take"},
 		&cli.StringSliceFlag{Name: "mirror", Usage: "a registry (a pull-through cache of the origin, HOST[:PORT]) to read from first; repeat for more, tried in order"},
 		&cli.DurationFlag{Name: "mirror-stall", Value: 30 * time.Second, Usage: "how long a mirror may send nothing before the next one or the origin is asked"},
+		&cli.StringFlag{Name: "wariness", Usage: "this device's place in staged rollouts, in [0,1): 0 goes first (default: from the machine id)"},
+		&cli.StringFlag{Name: "machine-id", Value: "/etc/machine-id", Usage: "the file whose machine id gives the default wariness"},
 		&cli.IntFlag{Name: "retries", Value: 8, Usage: "download attempts in a row without progress before giving up"},
 		&cli.BoolFlag{Name: "no-fsync", Usage: "do not sync (scratch devices only)"},
 		&cli.StringFlag{Name: "at", Usage: "act as of this RFC 3339 time instead of now", Hidden: true},
@@ -56,8 +61,11 @@ type deviceOpts struct {
 	healthTimeout         time.Duration
 	mirrors               []string
 	mirrorStall           time.Duration
-	noFsync               bool
-	at                    time.Time // zero: now
+	// wariness is nil when the machine id in machineID gives it.
+	wariness  *float64
+	machineID string
+	noFsync   bool
+	at        time.Time // zero: now
 	// nix is auto, on or off; nixProfile and nixosSwitch as device.Config.
 	nix, nixProfile, nixosSwitch string
 	// file is the device config file read, if any.
@@ -70,7 +78,15 @@ func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
 		channel: c.String("channel"), system: c.String("system"), keep: c.Int("keep"), retries: c.Int("retries"),
 		activate: c.String("activate"), healthCheck: c.String("health-check"), healthTimeout: c.Duration("health-timeout"),
 		mirrors: c.StringSlice("mirror"), mirrorStall: c.Duration("mirror-stall"),
-		noFsync: c.Bool("no-fsync"), nix: c.String("nix"), nixProfile: c.String("nix-profile"), nixosSwitch: c.String("nixos-switch"),
+		machineID: c.String("machine-id"),
+		noFsync:   c.Bool("no-fsync"), nix: c.String("nix"), nixProfile: c.String("nix-profile"), nixosSwitch: c.String("nixos-switch"),
+	}
+	if s := c.String("wariness"); s != "" {
+		w, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return o, usageErrorf("--wariness %q: a number in [0,1)", s)
+		}
+		o.wariness = &w
 	}
 	if at := c.String("at"); at != "" {
 		t, err := time.Parse(time.RFC3339, at)
@@ -118,6 +134,8 @@ func (o *deviceOpts) fromConfigFile(c *cli.Context) error {
 	take("insecure", func() { o.registry.insecure = cfg.Insecure })
 	take("mirror", func() { o.mirrors = cfg.Mirrors })
 	take("mirror-stall", func() { o.mirrorStall = cfg.MirrorStall.Duration })
+	take("wariness", func() { o.wariness = cfg.Wariness })
+	take("machine-id", func() { o.machineID = cfg.MachineID })
 	return nil
 }
 
@@ -133,6 +151,8 @@ func (o deviceOpts) validate() error {
 		return usageErrorf("--health-timeout %v: must be positive", o.healthTimeout)
 	case o.mirrorStall < time.Second:
 		return usageErrorf("--mirror-stall %v: at least 1s", o.mirrorStall)
+	case o.wariness != nil && !(*o.wariness >= 0 && *o.wariness < 1):
+		return usageErrorf("--wariness %v: in [0,1) (0 goes first)", *o.wariness)
 	case o.store == "" || o.state == "":
 		return usageErrorf("--store and --state must name directories")
 	case o.nix != "auto" && o.nix != "on" && o.nix != "off":
@@ -158,6 +178,7 @@ func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 		}
 		cfg.IO = append(cfg.IO, oci.WithMirrors(m))
 	}
+	cfg.Wariness = o.warinessFunc()
 	if !o.at.IsZero() {
 		at := o.at
 		cfg.Now = func() time.Time { return at }
@@ -181,6 +202,26 @@ func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 		cfg.Trust = t
 	}
 	return cfg, nil
+}
+
+// warinessFunc gives the device's wariness: --wariness, else the hash of
+// the machine id (read when a staged release first asks for it).
+func (o deviceOpts) warinessFunc() func() (float64, error) {
+	if o.wariness != nil {
+		w := *o.wariness
+		return func() (float64, error) { return w, nil }
+	}
+	path := o.machineID
+	return func() (float64, error) {
+		id, err := os.ReadFile(path)
+		if err != nil {
+			return 0, fmt.Errorf("set wariness in the device config or --wariness: %v", err)
+		}
+		if len(bytes.TrimSpace(id)) == 0 {
+			return 0, fmt.Errorf("set wariness in the device config or --wariness: %s is empty", path)
+		}
+		return sign.Wariness(string(id)), nil
+	}
 }
 
 // openDevice opens the device state, recovering from an interrupted
@@ -303,6 +344,10 @@ func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
 	return u.result(res, func(w io.Writer) {
 		if res.UpToDate {
 			fmt.Fprintf(w, "up to date: release %d (%s), generation %d\n", res.Version, res.Target, res.From)
+			return
+		}
+		if res.Hold != nil {
+			fmt.Fprintf(w, "staying on generation %d: %s\n", res.From, res.Hold.Message)
 			return
 		}
 		fmt.Fprintf(w, "updated to release %d (%s): generation %d -> %d\n", res.Version, res.Target, res.From, res.To)

@@ -122,7 +122,7 @@ func exitCode(err error) int {
 		return exitRegistry
 	case errors.Is(err, oci.ErrTooLarge), errors.Is(err, nix.ErrNARFormat), errors.Is(err, device.ErrState), errors.Is(err, device.ErrNoPrevious):
 		return exitInvalid
-	case errors.Is(err, pipelines.ErrReleaseFile), errors.Is(err, agent.ErrConfig):
+	case errors.Is(err, pipelines.ErrReleaseFile), errors.Is(err, agent.ErrConfig), errors.Is(err, device.ErrNoWariness):
 		return exitUsage
 	case errors.Is(err, pipelines.ErrTagTaken):
 		return exitInvalid

@@ -70,6 +70,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			buildCommand(),
 			keygenCommand(),
 			signCommand(),
+			haltCommand(),
 			verifyCommand(),
 			trustCommand(),
 			exportCommand(),

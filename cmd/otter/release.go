@@ -30,10 +30,11 @@ and correct; a release tag that names another bundle is refused.`,
 		Flags: append(registryFlags(),
 			&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Value: "otter.yaml", Usage: "the release file"},
 			&cli.StringFlag{Name: "template", Usage: "print a ready CI file instead: github (GitHub Actions) or gitlab (GitLab CI)"},
+			&cli.StringFlag{Name: "rollout", Usage: "stage the release: PERCENT%:DURATION[@START], e.g. 10%:48h (overrides signing.rollout)"},
 			&cli.StringFlag{Name: "report", Usage: "write each target's update report (otter diff --html from the newest earlier release) into this directory"},
 		),
 		Action: func(c *cli.Context) error {
-			o := releaseOpts{registry: registryOptsFrom(c), file: c.String("file"), template: c.String("template"), report: c.String("report")}
+			o := releaseOpts{registry: registryOptsFrom(c), file: c.String("file"), template: c.String("template"), report: c.String("report"), rollout: c.String("rollout")}
 			return runRelease(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
@@ -43,6 +44,8 @@ and correct; a release tag that names another bundle is refused.`,
 type releaseOpts struct {
 	registry               registryOpts
 	file, template, report string
+	// rollout overrides the release file's signing.rollout.
+	rollout string
 }
 
 func runRelease(ctx context.Context, o releaseOpts, args []string, u *ui) error {
@@ -74,10 +77,14 @@ func runRelease(ctx context.Context, o releaseOpts, args []string, u *ui) error 
 	if err != nil {
 		return err
 	}
+	rollout, err := parseRollout(o.rollout, rf.Signing.Rollout, now)
+	if err != nil {
+		return err
+	}
 	reg := o.registry
 	reg.insecure = reg.insecure || rf.Insecure
 	r := &pipelines.Runner{
-		File: rf, Keys: keys, Now: now, Expires: expires, Created: created,
+		File: rf, Keys: keys, Now: now, Expires: expires, Created: created, Rollout: rollout,
 		IO:  reg.io(nil),
 		Log: func(format string, a ...any) { u.info(format, a...) },
 	}

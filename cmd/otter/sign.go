@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"fmt"
@@ -215,6 +216,20 @@ func runKeygen(o keygenOpts, u *ui) error {
 	})
 }
 
+// parseRollout reads --rollout, else the release file's value (empty:
+// no schedule), as of now.
+func parseRollout(flag, file string, now time.Time) (*sign.Rollout, error) {
+	s := cmp.Or(flag, file)
+	if s == "" {
+		return nil, nil
+	}
+	r, err := sign.ParseRollout(s, now)
+	if err != nil {
+		return nil, usageErrorf("--rollout: %v", err)
+	}
+	return r, nil
+}
+
 // parseExpiry reads --expires: a duration from now (720h) or a time.
 func parseExpiry(s string, now time.Time) (time.Time, error) {
 	if d, err := time.ParseDuration(s); err == nil {
@@ -265,11 +280,12 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 			&cli.Uint64Flag{Name: "release-version", Usage: "the release version (default: the bundle's)"},
 			&cli.BoolFlag{Name: "no-cosign", Usage: "do not write a cosign signature"},
 			&cli.StringFlag{Name: "envelope-out", Usage: "also write the signed statement to this file"},
+			&cli.StringFlag{Name: "rollout", Usage: "stage the release: PERCENT%:DURATION[@START], e.g. 10%:48h (docs/signing.md §7)"},
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
 			o := signOpts{
 				registry: registryOptsFrom(c), signing: signingOptsFrom(c), channel: c.String("channel"),
-				noCosign: c.Bool("no-cosign"), envelopeOut: c.String("envelope-out"),
+				noCosign: c.Bool("no-cosign"), envelopeOut: c.String("envelope-out"), rollout: c.String("rollout"),
 			}
 			if c.IsSet("release-version") {
 				v := c.Uint64("release-version")
@@ -285,6 +301,7 @@ type signOpts struct {
 	registry             registryOpts
 	signing              signingOpts
 	channel, envelopeOut string
+	rollout              string
 	version              *uint64 // nil: the bundle's
 	noCosign             bool
 }
@@ -302,7 +319,11 @@ func runSign(ctx context.Context, o signOpts, args []string, u *ui) error {
 	if o.version != nil {
 		version = *o.version
 	}
-	signer := release.Signer{Keys: keys, Now: now, Expires: expires, IO: o.registry.io(nil)}
+	rollout, err := parseRollout(o.rollout, "", now)
+	if err != nil {
+		return err
+	}
+	signer := release.Signer{Keys: keys, Now: now, Expires: expires, Rollout: rollout, IO: o.registry.io(nil)}
 	st, err := signer.Statement(desc, cfg, version, o.channel)
 	if err != nil {
 		return usageErrorf("%v", err)
@@ -332,8 +353,11 @@ func runSign(ctx context.Context, o signOpts, args []string, u *ui) error {
 	}
 	res.Attached, res.Cosign = att.Digest, n > 0
 	return u.result(res, func(w io.Writer) {
-		fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n  statement %s, %d signature(s)",
-			res.Reference, st.Version, st.Channel, st.System, st.Expires, res.Attached, len(res.Signers))
+		fmt.Fprintf(w, "signed %s\n  release %d on %s for %s, expires %s\n", res.Reference, st.Version, st.Channel, st.System, st.Expires)
+		if st.Rollout != nil {
+			fmt.Fprintf(w, "  staged: %s\n", st.Rollout)
+		}
+		fmt.Fprintf(w, "  statement %s, %d signature(s)", res.Attached, len(res.Signers))
 		if res.Cosign {
 			fmt.Fprint(w, "; cosign signature written")
 		}
