@@ -64,6 +64,9 @@ func TestConfigErrors(t *testing.T) {
 		{"no trust file", "trust: ", "trust: /nonexistent/trust.json #", "device.yaml:4: trust"},
 		{"mirror with a path", "- http://10.0.0.2:5000", "- 10.0.0.2:5000/fleet", ": mirrors: "},
 		{"mirror stall 0", "mirrorStall: 20s", "mirrorStall: 0s", ": mirrorStall: "},
+		{"wariness 1", "wariness: 0.05", "wariness: 1", ": wariness: "},
+		{"wariness -0.1", "wariness: 0.05", "wariness: -0.1", ": wariness: "},
+		{"relative machine id", "wariness: 0.05", "machineId: etc/machine-id", ": machineId: "},
 		{"nix maybe", "system: aarch64-linux", "system: aarch64-linux\nnix: maybe", "device.yaml:6: nix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,7 +99,8 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
-		if c.Keep < 1 || c.Schedule.Interval.Duration < time.Second || c.Trust == "" || c.Channel == "" {
+		if c.Keep < 1 || c.Schedule.Interval.Duration < time.Second || c.Trust == "" || c.Channel == "" ||
+			c.Wariness != nil && (*c.Wariness < 0 || *c.Wariness >= 1) {
 			t.Fatalf("an invalid config passed: %+v", c)
 		}
 	})
