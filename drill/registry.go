@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/otter-fleet/otter/internal/meter"
+)
+
+// registry is a docker-registry (Debian's distribution 2.8) on
+// 127.0.0.1: the origin, or, with a remote, a pull-through site cache.
+type registry struct {
+	Addr   string
+	dir    string
+	remote string
+	cmd    *exec.Cmd
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startRegistry serves dir's storage on a free port of 127.0.0.1; with a
+// remote URL it is a pull-through cache of it.
+func startRegistry(dir, remote string) (*registry, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	r := &registry{Addr: addr, dir: dir, remote: remote}
+	return r, r.start()
+}
+
+func (r *registry) start() error {
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		return fmt.Errorf("Debian's docker-registry: %w", err)
+	}
+	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n",
+		filepath.Join(r.dir, "data"), r.Addr)
+	if r.remote != "" {
+		conf += "proxy:\n  remoteurl: " + r.remote + "\n"
+	}
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		return err
+	}
+	cf := filepath.Join(r.dir, "config.yml")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	log, err := os.OpenFile(filepath.Join(r.dir, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	r.cmd = exec.Command(bin, "serve", cf)
+	r.cmd.Stdout, r.cmd.Stderr = log, log
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	go func() { _ = r.cmd.Wait(); log.Close() }()
+	for i := 0; i < 200; i++ {
+		if resp, err := http.Get("http://" + r.Addr + "/v2/"); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("docker-registry on %s did not start (see %s/log)", r.Addr, r.dir)
+}
+
+// stop kills the registry, as a crash or a power cut would.
+func (r *registry) stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		for i := 0; i < 100; i++ {
+			if c, err := net.Dial("tcp", r.Addr); err != nil {
+				return
+			} else {
+				c.Close()
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// restart stops the registry and starts it again on the same address
+// and storage after down.
+func (r *registry) restart(down time.Duration) error {
+	r.stop()
+	time.Sleep(down)
+	return r.start()
+}
+
+// meteredFront serves a reverse proxy to addr on a free port, counting
+// the blob bytes it serves: what the origin costs.
+func meteredFront(ctx context.Context, addr string) (string, *meter.Handler, error) {
+	u, _ := url.Parse("http://" + addr)
+	m := &meter.Handler{H: httputil.NewSingleHostReverseProxy(u), Match: meter.BlobGets}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: m}
+	go func() { _ = srv.Serve(l) }()
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	return l.Addr().String(), m, nil
+}
