@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/internal/meter"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/sign"
 )
@@ -64,9 +63,13 @@ type ReleaseReport struct {
 	What    string `json:"what"`
 	Patch   int64  `json:"patch"`
 	// OriginBlobs and OriginTotal are what the origin served while the
-	// release went out: blob bytes, and every response byte.
+	// release went out, blob bytes and every response byte, to the site
+	// cache; DirectBlobs and DirectTotal to devices that came to the
+	// origin themselves (a mirror that failed them).
 	OriginBlobs int64 `json:"originBlobs"`
 	OriginTotal int64 `json:"originTotal"`
+	DirectBlobs int64 `json:"directBlobs"`
+	DirectTotal int64 `json:"directTotal"`
 	// Device is what each device's otter downloaded (blob bytes its
 	// agent counts), and Wire what its link carried to it (tx_bytes of
 	// the host end: headers, polls, TCP/IP and all): min, median, max.
@@ -113,7 +116,7 @@ type drill struct {
 	key, trust           string
 	origin, cache        *registry
 	front                string
-	blobs, total         *meter.Handler
+	meter                *originMeter
 	proxies              *proxies
 	devs                 []*device
 	digests              map[uint64]string
@@ -193,17 +196,11 @@ func (d *drill) setUp(ctx context.Context) error {
 	}
 	fctx, cancel := context.WithCancel(context.Background())
 	d.cancelFront = cancel
-	// The origin as the site cache and the devices reach it: counting
-	// blob bytes, and every response byte.
-	blobFront, blobs, err := meteredFront(fctx, d.origin.Addr)
-	if err != nil {
+	// The origin as the site cache and the devices reach it, counting
+	// what it serves.
+	if d.front, d.meter, err = meteredOrigin(fctx, d.origin.Addr); err != nil {
 		return err
 	}
-	d.blobs = blobs
-	if d.front, d.total, err = meteredFront(fctx, blobFront); err != nil {
-		return err
-	}
-	d.total.Match = nil
 	if d.cache, err = startRegistry(filepath.Join(o.Work, "cache"), "http://"+d.front); err != nil {
 		return err
 	}
@@ -438,7 +435,7 @@ patches:
 // release publishes release v and follows the fleet until it settles.
 func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseReport, error) {
 	rr := &ReleaseReport{Version: v}
-	blobs0, total0 := d.blobs.Bytes(), d.total.Bytes()
+	cb0, ca0, db0, da0 := d.meter.bytes()
 	dl0, wire0 := d.counters()
 	var rollout string
 	switch v {
@@ -494,8 +491,8 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 		rep.HaltedWait = time.Until(until).Round(time.Second)
 		err = d.waitFor(ctx, "r4 halted", time.Until(until)+time.Minute, func() (bool, string) {
 			_, s := d.allOn(3)
-			return time.Now().After(until), fmt.Sprintf("%s, %d tried r4, rollout at %.0f%%", s, d.triedR4(),
-				100*(&sign.Rollout{Start: sign.FormatTime(d.rolloutStart), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}).FractionAt(time.Now()))
+			f := (&sign.Rollout{Start: sign.FormatTime(d.rolloutStart), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}).FractionAt(time.Now())
+			return time.Now().After(until), fmt.Sprintf("%s, %d tried r4, rollout past %d%%", s, d.triedR4(), int(f*10)*10)
 		})
 		rep.InstalledAfterHalt = d.triedR4() - rep.RolledBack
 		if ok, s := d.allOn(3); err == nil && !ok {
@@ -506,7 +503,8 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 		return nil, err
 	}
 	rr.Converge = time.Since(moved).Round(time.Second)
-	rr.OriginBlobs, rr.OriginTotal = d.blobs.Bytes()-blobs0, d.total.Bytes()-total0
+	cb, ca, db, da := d.meter.bytes()
+	rr.OriginBlobs, rr.OriginTotal, rr.DirectBlobs, rr.DirectTotal = cb-cb0, ca-ca0, db-db0, da-da0
 	dl1, wire1 := d.counters()
 	for i := range d.devs {
 		dl1[i] -= dl0[i]

@@ -118,7 +118,6 @@ func TestResumeEvery256KiB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all.Match = nil
 	// r3 is the device's; r4 is published with a patch from it.
 	if _, err := d.publishAs(ctx, 3, 1, ""); err != nil {
 		t.Fatal(err)

@@ -77,12 +77,12 @@ func kib(n int64) string { return fmt.Sprintf("%.1f KiB", float64(n)/1024) }
 func printReport(w io.Writer, o Options, rep *Report) {
 	fmt.Fprintf(w, "%d devices (%d canaries) at %s each way, %v round trip, connections cut every %d bytes; agents poll every %v\n\n",
 		rep.Devices, rep.Canaries, o.Rate, o.Faults.Latency, o.Faults.CutEvery, o.Interval)
-	fmt.Fprintln(w, "| release | patch | origin: blobs | origin: all responses | per device: otter downloaded (min / median / max) | per device: link bytes (median) | devices on it | converged |")
+	fmt.Fprintln(w, "| release | patch | origin → site cache: blobs (all) | origin → devices directly: blobs (all) | per device: otter downloaded (min / median / max) | per device: link bytes (median) | devices on it | converged |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, r := range rep.Releases {
-		fmt.Fprintf(w, "| r%d %s | %s | %s (%.2f× the patch) | %s | %s / %s / %s | %s | %d/%d | %v |\n",
+		fmt.Fprintf(w, "| r%d %s | %s | %s = %.2f× the patch (%s) | %s (%s) | %s / %s / %s | %s | %d/%d | %v |\n",
 			r.Version, r.What, kib(r.Patch), kib(r.OriginBlobs), float64(r.OriginBlobs)/float64(max(r.Patch, 1)), kib(r.OriginTotal),
-			kib(r.Device[0]), kib(r.Device[1]), kib(r.Device[2]), kib(r.Wire[1]), r.Installed, rep.Devices, r.Converge)
+			kib(r.DirectBlobs), kib(r.DirectTotal), kib(r.Device[0]), kib(r.Device[1]), kib(r.Device[2]), kib(r.Wire[1]), r.Installed, rep.Devices, r.Converge)
 	}
 	fmt.Fprintf(w, "\norigin restarted %v after r3's tag moved; %d devices rolled r4 back before the halt, %d tried it after (watched %v past its full rollout); %d stores verified; %v in all\n",
 		rep.OriginRestart, rep.RolledBack, rep.InstalledAfterHalt, rep.HaltedWait, rep.StoresChecked, rep.Total)

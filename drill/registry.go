@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/otter-fleet/otter/internal/meter"
@@ -104,11 +107,57 @@ func (r *registry) restart(down time.Duration) error {
 	return r.start()
 }
 
+// originMeter counts what the origin serves: blob bytes and every
+// response byte, for the site cache (docker-registry's user agent) and
+// for devices that came to the origin themselves.
+type originMeter struct {
+	cacheBlobs, cacheAll, directBlobs, directAll *meter.Handler
+}
+
+// fromCache says whether a request comes from the site cache:
+// docker-registry's proxy sends Go's default user agent, otter
+// go-containerregistry's.
+func fromCache(r *http.Request) bool {
+	return strings.HasPrefix(r.UserAgent(), "Go-http-client/")
+}
+
+func (m *originMeter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if fromCache(r) {
+		m.cacheAll.ServeHTTP(w, r)
+	} else {
+		m.directAll.ServeHTTP(w, r)
+	}
+}
+
+// bytes gives blob bytes and all bytes, through the cache and direct.
+func (m *originMeter) bytes() (cacheBlobs, cacheAll, directBlobs, directAll int64) {
+	return m.cacheBlobs.Bytes(), m.cacheAll.Bytes(), m.directBlobs.Bytes(), m.directAll.Bytes()
+}
+
+// meteredOrigin serves a reverse proxy to the origin at addr on a free
+// port of 127.0.0.1, counting what it serves.
+func meteredOrigin(ctx context.Context, addr string) (string, *originMeter, error) {
+	u, _ := url.Parse("http://" + addr)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // the origin's restart is expected
+	m := &originMeter{cacheBlobs: &meter.Handler{H: rp, Match: meter.BlobGets}, directBlobs: &meter.Handler{H: rp, Match: meter.BlobGets}}
+	m.cacheAll = &meter.Handler{H: m.cacheBlobs}
+	m.directAll = &meter.Handler{H: m.directBlobs}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: m}
+	go func() { _ = srv.Serve(l) }()
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	return l.Addr().String(), m, nil
+}
+
 // meteredFront serves a reverse proxy to addr on a free port, counting
-// the blob bytes it serves: what the origin costs.
+// every response byte it serves.
 func meteredFront(ctx context.Context, addr string) (string, *meter.Handler, error) {
 	u, _ := url.Parse("http://" + addr)
-	m := &meter.Handler{H: httputil.NewSingleHostReverseProxy(u), Match: meter.BlobGets}
+	m := &meter.Handler{H: httputil.NewSingleHostReverseProxy(u)}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err

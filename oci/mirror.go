@@ -38,7 +38,8 @@ var errMirrorDigest = fmt.Errorf("%w: a mirror served bytes that do not match th
 // digests and signatures the origin's statements name, as everything is.
 // A mirror that cannot be reached, answers with an error, stalls for the
 // stall timeout, or serves bytes that do not match their digest is passed
-// over for MirrorRetryAfter. One Mirrors is shared by every operation
+// over for MirrorRetryAfter; a connection cut on the way is not held
+// against it (the download resumes from it). One Mirrors is shared by every operation
 // that uses it, so that a failed mirror is not asked again at once.
 type Mirrors struct {
 	mirrors []mirror
@@ -198,7 +199,9 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 				// The caller gave up; the mirror is not to blame.
 				return nil, false
 			}
-			m.markDown(mi.host)
+			if mirrorFault(err, ctx) {
+				m.markDown(mi.host)
+			}
 			continue
 		}
 		if resp.StatusCode >= 400 {
@@ -219,8 +222,17 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 			// statement) is checked whole here, so that a bad one is
 			// asked of the next source within this request.
 			body, err := io.ReadAll(io.LimitReader(resp.Body, mirrorCheckWhole+1))
+			fault := err != nil && mirrorFault(err, ctx) // before release cancels ctx
 			release()
 			resp.Body.Close()
+			if err != nil && req.Context().Err() == nil && !fault {
+				// Cut on the way: what arrived is passed on with the
+				// error, and the caller resumes from this mirror (a
+				// download checks the whole blob at its end).
+				m.setServed(req.URL.Path, mi.host)
+				resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), errorReader{err}))
+				return resp, true
+			}
 			sum := sha256.Sum256(body)
 			if err != nil || hex.EncodeToString(sum[:]) != want {
 				if req.Context().Err() != nil {
@@ -234,7 +246,7 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 			return resp, true
 		}
 		m.setServed(req.URL.Path, mi.host)
-		w := &watchedBody{rc: resp.Body, timer: timer, cancel: cancel, stall: m.stall, m: m, host: mi.host, parent: req.Context()}
+		w := &watchedBody{rc: resp.Body, timer: timer, ctx: ctx, cancel: cancel, stall: m.stall, m: m, host: mi.host, parent: req.Context()}
 		if whole {
 			// A larger whole answer for a digest is checked as it streams.
 			w.h, w.want = sha256.New(), want
@@ -243,6 +255,23 @@ func (t *mirrorTransport) fromMirrors(req *http.Request) (*http.Response, bool) 
 		return resp, true
 	}
 	return nil, false
+}
+
+// errorReader fails every read with its error.
+type errorReader struct{ err error }
+
+func (r errorReader) Read([]byte) (int, error) { return 0, r.err }
+
+// mirrorFault says whether a mirror's failed answer is the mirror's
+// fault, so that it is passed over: it could not be reached, or it
+// stalled (ctx, the mirror request's, was cancelled by the stall timer).
+// A connection cut on the way is the link's fault, not the mirror's: the
+// next attempt (a download resumes from where it stopped) asks it again.
+// On a flaky link in front of a site cache, passing the cache over at
+// every cut would send every device to the origin.
+func mirrorFault(err error, ctx context.Context) bool {
+	var op *net.OpError
+	return ctx.Err() != nil || errors.As(err, &op) && op.Op == "dial"
 }
 
 // digestIn is the sha256 hex a blob or manifest URL path names, if any.
@@ -263,6 +292,7 @@ func digestIn(path string) string {
 type watchedBody struct {
 	rc     io.ReadCloser
 	timer  *time.Timer
+	ctx    context.Context // the mirror request's: cancelled by a stall
 	cancel context.CancelFunc
 	stall  time.Duration
 	m      *Mirrors
@@ -284,7 +314,7 @@ func (w *watchedBody) Read(p []byte) (int, error) {
 	case err == io.EOF && w.h != nil && hex.EncodeToString(w.h.Sum(nil)) != w.want:
 		w.m.markDown(w.host)
 		return n, fmt.Errorf("%w (mirror %s)", errMirrorDigest, w.host)
-	case err != nil && err != io.EOF && w.parent.Err() == nil:
+	case err != nil && err != io.EOF && w.parent.Err() == nil && mirrorFault(err, w.ctx):
 		w.m.markDown(w.host)
 	}
 	return n, err

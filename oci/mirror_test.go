@@ -27,6 +27,7 @@ import (
 
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/meter"
+	"github.com/otter-fleet/otter/internal/testutil"
 	"github.com/otter-fleet/otter/oci"
 )
 
@@ -261,3 +262,35 @@ func TestNewMirrorsRefuses(t *testing.T) {
 }
 
 func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+// TestMirrorOverACutLink: a site cache reached over a link that cuts
+// every connection after 100 KB is not passed over for the cuts: the
+// download resumes from it, and the origin serves no blob bytes.
+func TestMirrorOverACutLink(t *testing.T) {
+	origin := &meter.Handler{
+		H:     registry.New(registry.Logger(log.New(io.Discard, "", 0))),
+		Match: func(r *http.Request) bool { return meter.BlobGets(r) && r.Header.Get("X-Mirror") != "1" },
+	}
+	srv := httptest.NewServer(origin)
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	data, d := pushBlob(t, host, "fleet/app", 600<<10)
+	link := testutil.NewBadLink(t, mirrorOf(t, host, nil, nil), 100<<10, 0)
+	m, err := oci.NewMirrors([]string{link.Addr}, true, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "blob")
+	if _, err := oci.FetchBlob(context.Background(), fetchRef(t, host, "fleet/app"), d, dst, 3, oci.WithInsecure(true), oci.WithMirrors(m)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readFile(dst); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("fetched blob differs (%v)", err)
+	}
+	if n := origin.Bytes(); n != 0 {
+		t.Fatalf("the origin served %d blob bytes: the cut mirror was passed over", n)
+	}
+	if n := link.Cuts.Load(); n < 5 {
+		t.Fatalf("the link cut %d times, want at least 5", n)
+	}
+}

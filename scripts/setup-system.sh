@@ -17,6 +17,7 @@ packages=(
   nix-bin           # real Nix: path-info, nix-store --dump, builds
   busybox-static    # a builder for test derivations that needs no nixpkgs
   qemu-user-static  # aarch64 emulation
+  iproute2          # network namespaces and tc tbf links for the fleet drill
   patchelf          # the release corpus generator
   zstd xz-utils xdelta3 bsdiff  # benchmark baselines
   fdisk dosfstools mtools e2fsprogs fakeroot bmap-tools  # SD-card images without root
