@@ -94,7 +94,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // Defaults: what a config that leaves a field out gets.
 var defaults = Config{
 	Version: 1, System: "aarch64-linux", Store: "/nix/store", State: "/var/lib/otter", Nix: "auto", Keep: 3,
-	MachineID: "/etc/machine-id",
+	MachineID:     "/etc/machine-id",
 	HealthTimeout: Duration{2 * time.Minute}, MirrorStall: Duration{30 * time.Second},
 	Schedule: Schedule{Interval: Duration{30 * time.Minute}, Jitter: Duration{5 * time.Minute},
 		AfterBoot: Duration{2 * time.Minute}, MaxBackoff: Duration{6 * time.Hour}},
