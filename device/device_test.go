@@ -178,8 +178,9 @@ func TestUpdate(t *testing.T) {
 	d.Close()
 
 	d = openDevice(t, p, store, st, "/bin/sh", "-c", "exit 3")
-	if _, err := d.Update(ctx, p.ref(t, 3), device.UpdateOptions{}); !errors.Is(err, device.ErrHealthCheck) {
-		t.Fatalf("a failing health check: %v", err)
+	if res, err := d.Update(ctx, p.ref(t, 3), device.UpdateOptions{}); !errors.Is(err, device.ErrHealthCheck) || res == nil || res.Transferred == 0 {
+		// The bytes a failed update moved are reported: they were paid for.
+		t.Fatalf("a failing health check: %+v, %v", res, err)
 	}
 	if g, _ := d.Current(); g == nil || g.Digest != p.digests[1] {
 		t.Fatalf("after the failed health check: %+v", g)

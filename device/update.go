@@ -118,6 +118,8 @@ var ErrNoWariness = errors.New("device: no wariness for a staged rollout")
 
 // Update installs the release ref names, or leaves the device on its
 // current release with the reason in the returned error and last.json.
+// An update that failed after it began also returns its result so far:
+// what it transferred was paid for.
 func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*UpdateResult, error) {
 	var img v1.Image
 	err := d.retry(ctx, func() (err error) {
@@ -184,7 +186,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		if rerr := d.st.Remove(state.Journal); rerr != nil {
 			return nil, errors.Join(err, rerr)
 		}
-		return nil, err
+		return res, err // what was transferred counts, even for an update that failed
 	}
 
 	// The statement: trusted keys, this system and channel, not expired,
@@ -365,15 +367,15 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	crashPoint("switched")
 	if err := d.activate(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: %v", ErrActivation, err))
+		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: %v", ErrActivation, err))
 	}
 	crashPoint("activated")
 	if err := d.healthCheck(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
+		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
 	}
 	crashPoint("healthy")
 	if err := d.nixosCommit(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, failed, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
+		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
 	}
 	if err := d.setPhase(j, phaseCommit); err != nil {
 		return nil, err
@@ -450,7 +452,7 @@ func ChooseMethod(method string, installed bool, patch *v1.Descriptor, layerByte
 
 // rollBackFailed puts the old generation back after the new one failed
 // to activate or to pass its health check, and remembers the release.
-func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[string]string, cause error) (*UpdateResult, error) {
+func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResult, failed map[string]string, cause error) (*UpdateResult, error) {
 	if err := d.st.Switch(j.From); err != nil {
 		return nil, err
 	}
@@ -486,7 +488,7 @@ func (d *Device) rollBackFailed(ctx context.Context, j *journal, failed map[stri
 	if err := d.st.Remove(state.Journal); err != nil {
 		return nil, err
 	}
-	return nil, cause
+	return res, cause
 }
 
 type layerPlan struct {

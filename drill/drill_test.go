@@ -77,6 +77,10 @@ func TestDrill(t *testing.T) {
 			t.Errorf("r%d: a device downloaded %d bytes for a %d-byte patch", r.Version, r.Device[2], r.Patch)
 		}
 	}
+	// The canaries paid for r4's patch once each, though it failed there.
+	if r4 := rep.Releases[2]; r4.Device[2] < r4.Patch || r4.Device[2] > r4.Patch*11/10 {
+		t.Errorf("r4: a canary downloaded %d bytes for a %d-byte patch", r4.Device[2], r4.Patch)
+	}
 	if rep.RolledBack != 2 || rep.InstalledAfterHalt != 0 || rep.Releases[2].Installed != 0 {
 		t.Errorf("r4: %d rolled back, %d installed after the halt, %d on it", rep.RolledBack, rep.InstalledAfterHalt, rep.Releases[2].Installed)
 	}

@@ -17,7 +17,7 @@ func main() {
 	o := Options{Log: os.Stderr}
 	var cut int64
 	var latency time.Duration
-	var keep, asJSON bool
+	var keep, asJSON, cacheCost bool
 	flag.IntVar(&o.Devices, "devices", 20, "devices in the fleet")
 	flag.IntVar(&o.Canaries, "canaries", 2, "devices with wariness 0 (r4 reaches them first; the halt comes after they roll back)")
 	flag.StringVar(&o.Rate, "rate", "1mbit", "each device's bandwidth, each way (tc tbf)")
@@ -31,15 +31,16 @@ func main() {
 	flag.StringVar(&o.Work, "work", "", "working directory (default: a temporary one, removed afterwards)")
 	flag.BoolVar(&keep, "keep", false, "keep the working directory")
 	flag.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	flag.BoolVar(&cacheCost, "cache-cost", false, "instead of the drill, measure a site cache on a device: Debian's arm64 docker-registry under qemu-user")
 	flag.Parse()
 	o.Faults = faults{Latency: latency, CutEvery: cut}
-	if err := run(o, keep, asJSON, os.Stdout); err != nil {
+	if err := run(o, keep, asJSON, cacheCost, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(o Options, keep, asJSON bool, out io.Writer) error {
+func run(o Options, keep, asJSON, cacheCost bool, out io.Writer) error {
 	if o.Corpus == "" {
 		return fmt.Errorf("drill: no corpus: set OTTER_CORPUS=$(scripts/corpus.sh) or -corpus")
 	}
@@ -58,6 +59,17 @@ func run(o Options, keep, asJSON bool, out io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cacheCost {
+		cc, err := measureCacheCost(ctx, o)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(out).Encode(cc)
+		}
+		printCacheCost(out, cc)
+		return nil
+	}
 	rep, err := Run(ctx, o)
 	if err != nil {
 		return err
