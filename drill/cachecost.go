@@ -25,6 +25,9 @@ type CacheCost struct {
 	// what the two devices downloaded through it; FromOrigin the blob
 	// bytes the origin sent the cache.
 	Stored, Served, FromOrigin int64
+	// Direct is what the origin sent the devices themselves (0: the
+	// cache served every blob).
+	Direct int64
 	// GoSys is the most memory the registry's Go runtime held from the
 	// system (expvar memstats.Sys, sampled every 100 ms); PeakRSS the
 	// qemu-user process's VmHWM, which includes the emulator.
@@ -142,7 +145,7 @@ func measureCacheCost(ctx context.Context, o Options) (*CacheCost, error) {
 			}
 		}
 	}()
-	blobs0, _, _, _ := d.meter.bytes()
+	blobs0, _, direct0, _ := d.meter.bytes()
 	for dev := 0; dev < 2; dev++ {
 		ddir := filepath.Join(o.Work, fmt.Sprintf("device-%d", dev))
 		for v := 1; v <= 3; v++ {
@@ -163,8 +166,8 @@ func measureCacheCost(ctx context.Context, o Options) (*CacheCost, error) {
 	}
 	close(stop)
 	cc.GoSys = <-sampled
-	cb, _, _, _ := d.meter.bytes()
-	cc.FromOrigin = cb - blobs0
+	cb, _, db, _ := d.meter.bytes()
+	cc.FromOrigin, cc.Direct = cb-blobs0, db-direct0
 	cc.PeakRSS = vmHWM(reg.Process.Pid)
 	cc.Stored, err = du(filepath.Join(dir, "data"))
 	return cc, err
@@ -225,5 +228,6 @@ func printCacheCost(w io.Writer, cc *CacheCost) {
 	fmt.Fprintf(w, "| memory: Go runtime's Sys, at most | %s |\n", mib(cc.GoSys))
 	fmt.Fprintf(w, "| memory: peak RSS under qemu-user (emulator included) | %s |\n", mib(cc.PeakRSS))
 	fmt.Fprintf(w, "| served to 2 devices | %s |\n", mib(cc.Served))
-	fmt.Fprintf(w, "| blob bytes from the origin | %s |\n", mib(cc.FromOrigin))
+	fmt.Fprintf(w, "| blob bytes the origin sent the cache | %s |\n", mib(cc.FromOrigin))
+	fmt.Fprintf(w, "| blob bytes the origin sent the devices directly | %s |\n", mib(cc.Direct))
 }
