@@ -61,3 +61,21 @@ func TestDependencyFences(t *testing.T) {
 		}
 	}
 }
+
+// TestDrillStaysOut: the fleet drill's fault injection (toxiproxy and
+// what it brings: prometheus, zerolog) is its own module's business and
+// never enters otter's module graph.
+func TestDrillStaysOut(t *testing.T) {
+	out, err := exec.Command("go", "list", "-m", "all").Output()
+	if err != nil {
+		t.Fatalf("go list -m all: %v", err)
+	}
+	if len(strings.Fields(string(out))) < 5 {
+		t.Fatalf("go list -m all listed only %q", out)
+	}
+	for _, m := range []string{"github.com/Shopify/toxiproxy", "github.com/prometheus/client_golang", "github.com/rs/zerolog"} {
+		if strings.Contains(string(out), m) {
+			t.Errorf("otter's module graph holds %s: it belongs to drill/go.mod", m)
+		}
+	}
+}
