@@ -253,6 +253,10 @@ func (a *Agent) changed(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	g, err := d.Current()
+	var held *device.Hold
+	if err == nil {
+		held, err = d.Held()
+	}
 	d.Close()
 	if err != nil || g == nil {
 		return true, err
@@ -269,7 +273,7 @@ func (a *Agent) changed(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		return h.String() != g.Digest, nil
+		return h.String() != g.Digest && !heldNow(held, h.String(), a.Device.Now()), nil
 	}
 	desc, err := oci.Head(ctx, a.Ref, a.Device.IO...)
 	if err != nil {
@@ -278,7 +282,19 @@ func (a *Agent) changed(ctx context.Context) (bool, error) {
 	if desc == nil {
 		return false, fmt.Errorf("%w: %s", oci.ErrNotFound, a.Ref)
 	}
-	return desc.Digest.String() != g.Digest, nil
+	return desc.Digest.String() != g.Digest && !heldNow(held, desc.Digest.String(), a.Device.Now()), nil
+}
+
+// heldNow says whether digest is the release the last update held back
+// (a halt, or a rollout not yet at this device) and the hold has not run
+// out: nothing about it is fetched again before then. A new release moves
+// the channel's digest, and is looked at at once.
+func heldNow(h *device.Hold, digest string, now time.Time) bool {
+	if h == nil || h.Target != digest {
+		return false
+	}
+	until, err := time.Parse(time.RFC3339, h.Until)
+	return err == nil && now.Before(until)
 }
 
 // update runs the update exactly as otter update does.

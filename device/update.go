@@ -77,6 +77,12 @@ type Hold struct {
 	Wariness float64 `json:"wariness,omitempty"`
 	// Halt is the halt in force, for a halted release.
 	Halt *sign.Halt `json:"halt,omitempty"`
+	// Until is when the hold ends by itself, RFC 3339: the halt's expiry,
+	// or the instant the rollout reaches this device. Nothing need be
+	// fetched about this release before then (the agent's cheap check).
+	Until string `json:"until"`
+	// Target is the release held back.
+	Target string `json:"target"`
 }
 
 // hold decides whether the verified release stmt is installed now
@@ -92,7 +98,8 @@ func (d *Device) hold(ctx context.Context, ref oci.Ref, digest v1.Hash, stmt *si
 		return nil, err
 	}
 	if h != nil {
-		return &Hold{Kind: "halted", Halt: h, Message: fmt.Sprintf("release %d is halted until %s: %s", h.Version, h.Expires, h.Reason)}, nil
+		return &Hold{Kind: "halted", Halt: h, Target: digest.String(), Until: h.Expires,
+			Message: fmt.Sprintf("release %d is halted until %s: %s", h.Version, h.Expires, h.Reason)}, nil
 	}
 	if stmt.Rollout == nil {
 		return nil, nil
@@ -106,10 +113,21 @@ func (d *Device) hold(ctx context.Context, ref oci.Ref, digest v1.Hash, stmt *si
 	}
 	now := d.c.Now()
 	if f := stmt.Rollout.FractionAt(now); !(w < f) {
-		return &Hold{Kind: "rollout", Fraction: f, Wariness: w,
+		return &Hold{Kind: "rollout", Fraction: f, Wariness: w, Target: digest.String(), Until: sign.FormatTime(stmt.Rollout.OfferedAt(w)),
 			Message: fmt.Sprintf("release %d is rolling out (%s): at %.1f%% of devices, this device's wariness is %.1f%%", stmt.Version, stmt.Rollout, 100*f, 100*w)}, nil
 	}
 	return nil, nil
+}
+
+// Held is the release the last update held back and until when (nil:
+// none). A held record for another digest than the channel's is stale.
+func (d *Device) Held() (*Hold, error) {
+	var h Hold
+	ok, err := d.st.ReadJSON(state.Held, &h)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &h, nil
 }
 
 // ErrNoWariness is a staged release on a device that has neither a
@@ -210,6 +228,9 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return fail(err)
 	}
 	if res.Hold != nil {
+		if err := d.st.WriteJSON(state.Held, res.Hold); err != nil {
+			return nil, err
+		}
 		if err := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: from, Result: "held", Reason: res.Hold.Message}); err != nil {
 			return nil, err
 		}

@@ -73,6 +73,24 @@ func (r *Rollout) Offered(wariness float64, t time.Time) bool {
 	return wariness < r.FractionAt(t)
 }
 
+// OfferedAt is the first whole second at which a device of the given
+// wariness is offered the release: when FractionAt passes it.
+func (r *Rollout) OfferedAt(wariness float64) time.Time {
+	start, err := parseTime("rollout start", r.Start)
+	if err != nil {
+		return time.Time{}
+	}
+	f0 := float64(min(r.Fraction, Parts)) / Parts
+	if wariness < f0 {
+		return start
+	}
+	if f0 >= 1 {
+		return start
+	}
+	s := math.Floor(float64(r.Duration)*(wariness-f0)/(1-f0)) + 1
+	return start.Add(time.Duration(min(s, float64(r.Duration))) * time.Second)
+}
+
 // String gives the schedule as --rollout reads it.
 func (r *Rollout) String() string {
 	pct := strconv.FormatFloat(float64(r.Fraction)/100, 'f', -1, 64)

@@ -58,6 +58,13 @@ func TestRolloutFraction(t *testing.T) {
 	if !r.Offered(0, now) || r.Offered(0, now.Add(-time.Second)) || r.Offered(0.99, now.Add(90*time.Second)) || !r.Offered(0.99, now.Add(100*time.Second)) {
 		t.Error("Offered does not follow the schedule")
 	}
+	// OfferedAt is the first second the fraction passes the wariness.
+	for _, w := range []float64{0, 0.1, 0.2, 0.5, 0.999} {
+		at := r.OfferedAt(w)
+		if !r.Offered(w, at) || (at.After(now) && r.Offered(w, at.Add(-time.Second))) {
+			t.Errorf("OfferedAt(%v) = start%+v: not the first second offered", w, at.Sub(now))
+		}
+	}
 	var none *sign.Rollout
 	if !none.Offered(0.999, now) {
 		t.Error("a release without a schedule must be offered to every device")

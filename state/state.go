@@ -42,6 +42,9 @@ const (
 	Journal = "journal.json"
 	Last    = "last.json"
 	Failed  = "failed.json"
+	// Held names the release a staged rollout or a halt holds back, and
+	// until when: the agent's cheap check skips it until then.
+	Held = "held.json"
 )
 
 // Dir is a state directory.

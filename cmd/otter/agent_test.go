@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -246,4 +247,53 @@ func TestAgentSIGTERMResumes(t *testing.T) {
 		t.Fatalf("after the restart: %+v", st.Current)
 	}
 	t.Logf("kept %d downloads; the restart moved %d bytes", len(kept), link.Received.Load()-before)
+}
+
+// TestAgentHeldPollIsCheap: once a staged release has held a device
+// back, the agent's next polls cost what an idle poll costs (one HEAD)
+// until the rollout reaches the device: it does not fetch the release's
+// statements and halts again at every poll.
+func TestAgentHeldPollIsCheap(t *testing.T) {
+	host := testutil.RealRegistry(t)
+	link := testutil.NewBadLink(t, host, 0, 0)
+	base := link.Addr + "/" + testutil.Repository(t)
+	key, _, trust := keys(t, t.TempDir(), "release")
+	for _, v := range []string{"1", "2"} {
+		tree, pi, root := demoReleaseTree(t, int(v[0]-'0'))
+		otterJSON(t, &bundleResult{}, "bundle", "--store-dir", tree, "--path-info", pi, root, "--out", base+":r"+v, "--release-version", v)
+	}
+	otterJSON(t, &signResult{}, "sign", base+":r1", "--key", key, "--no-cosign")
+	otterJSON(t, &signResult{}, "sign", base+":r2", "--key", key, "--no-cosign", "--rollout", "0%:1h")
+	conf, _, d := agentDevice(t, base, trust, 1, "insecure: true\nwariness: 0.9\n")
+	if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 {
+		t.Fatalf("first poll: %d %s", code, errs)
+	}
+	writeAgentConfig(t, conf, base, trust, 2, d, filepath.Join(filepath.Dir(conf), "otter.prom"), "insecure: true\nwariness: 0.9\n")
+	link.Received.Store(0)
+	if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 || !strings.Contains(errs, "rolling out") {
+		t.Fatalf("the poll that finds r2: %d %s", code, errs)
+	}
+	first := link.Received.Load()
+	var held device.Hold
+	if data, err := os.ReadFile(filepath.Join(d.state, "held.json")); err != nil || json.Unmarshal(data, &held) != nil || held.Kind != "rollout" {
+		t.Fatalf("held.json: %s %v", data, err)
+	}
+	const polls = 3
+	link.Received.Store(0)
+	link.Sent.Store(0)
+	for range polls {
+		if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 || !strings.Contains(errs, "unchanged") {
+			t.Fatalf("held poll: %d %s", code, errs)
+		}
+	}
+	down, up := link.Received.Load()/polls, link.Sent.Load()/polls
+	t.Logf("the poll that found r2 held: %d bytes down; each later poll: %d down, %d up", first, down, up)
+	if down+up > 4096 {
+		t.Fatalf("a held poll moved %d bytes; it should be one HEAD request", down+up)
+	}
+	// When the rollout reaches the device (--at), the agent updates.
+	until, _ := time.Parse(time.RFC3339, held.Until)
+	if code, _, errs := otter(t, "agent", "--once", "--config", conf, "--at", until.Add(time.Second).Format(time.RFC3339)); code != 0 || !strings.Contains(errs, "updated to release 2") {
+		t.Fatalf("at %s: %d %s", held.Until, code, errs)
+	}
 }
