@@ -48,7 +48,7 @@ func TestDrill(t *testing.T) {
 	repo, _ := filepath.Abs("..")
 	o := Options{
 		Devices: 3, Canaries: 2, Rate: "1mbit", Faults: faults{Latency: 300 * time.Millisecond, CutEvery: 64 << 10},
-		Interval: 5 * time.Second, R3Rollout: 60 * time.Second, R4Rollout: 120 * time.Second, Cautious: 0.75,
+		Interval: 5 * time.Second, R3Rollout: 60 * time.Second, R4Rollout: 120 * time.Second, Cautious: 0.85,
 		Corpus: corpus, Work: t.TempDir(), Repo: repo, Log: testWriter{t},
 	}
 	rep, err := Run(context.Background(), o)
