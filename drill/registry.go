@@ -143,14 +143,20 @@ func meteredOrigin(ctx context.Context, addr string) (string, *originMeter, erro
 	m := &originMeter{cacheBlobs: &meter.Handler{H: rp, Match: meter.BlobGets}, directBlobs: &meter.Handler{H: rp, Match: meter.BlobGets}}
 	m.cacheAll = &meter.Handler{H: m.cacheBlobs}
 	m.directAll = &meter.Handler{H: m.directBlobs}
+	addr, err := serve(ctx, m)
+	return addr, m, err
+}
+
+// serve serves h on a free port of 127.0.0.1 until ctx ends.
+func serve(ctx context.Context, h http.Handler) (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
-	srv := &http.Server{Handler: m}
+	srv := &http.Server{Handler: h}
 	go func() { _ = srv.Serve(l) }()
 	go func() { <-ctx.Done(); _ = srv.Close() }()
-	return l.Addr().String(), m, nil
+	return l.Addr().String(), nil
 }
 
 // meteredFront serves a reverse proxy to addr on a free port, counting
@@ -158,12 +164,6 @@ func meteredOrigin(ctx context.Context, addr string) (string, *originMeter, erro
 func meteredFront(ctx context.Context, addr string) (string, *meter.Handler, error) {
 	u, _ := url.Parse("http://" + addr)
 	m := &meter.Handler{H: httputil.NewSingleHostReverseProxy(u)}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &http.Server{Handler: m}
-	go func() { _ = srv.Serve(l) }()
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	return l.Addr().String(), m, nil
+	addr, err := serve(ctx, m)
+	return addr, m, err
 }
