@@ -32,6 +32,7 @@ func TestDependencyFences(t *testing.T) {
 		"./pipelines":       {cliPkg},
 		"./internal/fsutil": {httpPkg, cliPkg},
 		"./nixdb":           {httpPkg, remotePkg, cliPkg, otterPkg + "oci", otterPkg + "sign", otterPkg + "device"},
+		"./boot":            {httpPkg, remotePkg, cliPkg, otterPkg + "oci", otterPkg + "sign", otterPkg + "device"},
 	}
 	// Only cmd/ speaks urfave/cli: every other package of the module.
 	all, err := exec.Command("go", "list", "./...").Output()

@@ -18,8 +18,8 @@ var ErrAutoboot = errors.New("boot: unreadable autoboot.txt")
 // FAT boot partitions, 1 (A) and 2 (B), each holding a whole boot: the
 // firmware, kernel, device trees, config.txt, and a cmdline.txt whose
 // init= names that slot's generation. autoboot.txt, on partition 1 only,
-// says which partition boots ([all] boot_partition) and which one a
-// `reboot '0 tryboot'` boots once ([tryboot] boot_partition).
+// says which partition boots (boot_partition in its all section) and which one a
+// `reboot '0 tryboot'` boots once (boot_partition in its tryboot section).
 //
 // An update that needs a reboot writes the inactive slot, then reboots
 // with the tryboot flag: the firmware boots the new slot once. Confirm,
@@ -51,7 +51,7 @@ func Autoboot(active int) []byte {
 }
 
 // ParseAutoboot reads an autoboot.txt as the firmware does for otter's
-// two slots: boot_partition in [all], and in [tryboot].
+// two slots: boot_partition in the all section, and in the tryboot section.
 func ParseAutoboot(data []byte) (PiState, error) {
 	st := PiState{Active: 1, Tryboot: 1}
 	section := "all"
@@ -182,8 +182,8 @@ func (p *Pi) Confirm(slot int) error {
 
 // Firmware is what the Raspberry Pi firmware does at a reset, for
 // otter's layout: it reads autoboot.txt on partition 1 (none: it boots
-// partition 1 itself), picks [tryboot]'s partition when the reset was a
-// tryboot and [all]'s otherwise, and reads that partition's cmdline.txt.
+// partition 1 itself), picks the tryboot section's partition when the reset was a
+// tryboot and the all section's otherwise, and reads that partition's cmdline.txt.
 // Tests assert what a device would boot with it.
 func Firmware(p *Pi, tryboot bool) (slot int, cmdline string, err error) {
 	st, err := p.State()

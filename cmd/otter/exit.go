@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/otter-fleet/otter/agent"
+	"github.com/otter-fleet/otter/boot"
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
@@ -120,6 +121,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, oci.ErrUnauthorized):
 		return exitRegistry
+	case errors.Is(err, boot.ErrAutoboot):
+		return exitInvalid
 	case errors.Is(err, oci.ErrTooLarge), errors.Is(err, nix.ErrNARFormat), errors.Is(err, device.ErrState), errors.Is(err, device.ErrNoPrevious):
 		return exitInvalid
 	case errors.Is(err, pipelines.ErrReleaseFile), errors.Is(err, agent.ErrConfig), errors.Is(err, device.ErrNoWariness):

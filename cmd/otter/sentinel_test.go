@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/otter-fleet/otter/agent"
+	"github.com/otter-fleet/otter/boot"
 	"github.com/otter-fleet/otter/build"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/delta"
@@ -44,8 +45,9 @@ var sentinels = map[string]error{
 	"nix.ErrNotClosed": nix.ErrNotClosed, "nix.ErrNotInClosure": nix.ErrNotInClosure, "nix.ErrStorePath": nix.ErrStorePath, "nix.ErrNARFormat": nix.ErrNARFormat, "nix.ErrHashFormat": nix.ErrHashFormat,
 	"oci.ErrNotFound": oci.ErrNotFound, "oci.ErrUnauthorized": oci.ErrUnauthorized, "oci.ErrRef": oci.ErrRef, "oci.ErrTooLarge": oci.ErrTooLarge,
 	"state.ErrDamaged": state.ErrDamaged,
-	"agent.ErrConfig":  agent.ErrConfig,
-	"nixdb.ErrNoNix":   nixdb.ErrNoNix, "nixdb.ErrBusy": nixdb.ErrBusy, "nixdb.ErrConflict": nixdb.ErrConflict, "nixdb.ErrNix": nixdb.ErrNix,
+	"boot.ErrFAT":      boot.ErrFAT, "boot.ErrAutoboot": boot.ErrAutoboot,
+	"agent.ErrConfig": agent.ErrConfig,
+	"nixdb.ErrNoNix":  nixdb.ErrNoNix, "nixdb.ErrBusy": nixdb.ErrBusy, "nixdb.ErrConflict": nixdb.ErrConflict, "nixdb.ErrNix": nixdb.ErrNix,
 	"pipelines.ErrTagTaken": pipelines.ErrTagTaken, "pipelines.ErrReleaseFile": pipelines.ErrReleaseFile,
 	"sign.ErrTrust": sign.ErrTrust, "sign.ErrKey": sign.ErrKey, "sign.ErrPassphrase": sign.ErrPassphrase, "sign.ErrBadSignature": sign.ErrBadSignature,
 	"sign.ErrUnknownKey": sign.ErrUnknownKey, "sign.ErrThreshold": sign.ErrThreshold, "sign.ErrExpired": sign.ErrExpired, "sign.ErrRollback": sign.ErrRollback,
@@ -63,7 +65,7 @@ func TestSentinelExitCodes(t *testing.T) {
 	}
 	// The sentinels the source declares.
 	declared := map[string]bool{}
-	for _, pkg := range []string{"agent", "build", "bundle", "delta", "device", "image", "nix", "nixdb", "oci", "pipelines", "sign", "state"} {
+	for _, pkg := range []string{"agent", "boot", "build", "bundle", "delta", "device", "image", "nix", "nixdb", "oci", "pipelines", "sign", "state"} {
 		fset := token.NewFileSet()
 		files, _ := filepath.Glob(filepath.Join(root, pkg, "*.go"))
 		for _, f := range files {
