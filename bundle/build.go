@@ -125,6 +125,12 @@ func Build(ctx context.Context, c *nix.Closure, storeDir string, opts ...BuildOp
 			return nil, fmt.Errorf("reading %s: %w", p.Path, err)
 		}
 	}
+	// The boot part, if the root has one: refused here if it breaks the
+	// convention, before anything is packed.
+	bootPart, err := ReadBoot(filepath.Join(storeDir, nix.BaseName(c.Root)))
+	if err != nil {
+		return nil, err
+	}
 	spool, err := os.MkdirTemp(o.spool, ".otter-spool-")
 	if err != nil {
 		return nil, fmt.Errorf("creating spool directory: %w", err)
@@ -140,6 +146,7 @@ func Build(ctx context.Context, c *nix.Closure, storeDir string, opts ...BuildOp
 		Version:       o.version,
 		Created:       o.created.Format(time.RFC3339),
 		Root:          c.Root,
+		Boot:          bootPart,
 		RootFS:        RootFS{Type: "layers"},
 	}
 	for i, p := range c.Paths {

@@ -48,8 +48,10 @@ type Config struct {
 	Version       uint64 `json:"version"`
 	Created       string `json:"created"`
 	Root          string `json:"root"`
-	Paths         []Path `json:"paths"`
-	RootFS        RootFS `json:"rootfs"`
+	// Boot is the release's boot part, if its root has one (§3.1).
+	Boot   *Boot  `json:"boot,omitempty"`
+	Paths  []Path `json:"paths"`
+	RootFS RootFS `json:"rootfs"`
 }
 
 // Path is one store path of the closure.
@@ -173,6 +175,11 @@ func (c *Config) Validate() error {
 	}
 	if !in[c.Root] {
 		return bad("root %q is not among the paths", c.Root)
+	}
+	if c.Boot != nil {
+		if err := c.Boot.Validate(); err != nil {
+			return err
+		}
 	}
 	for _, p := range c.Paths {
 		for j, r := range p.References {

@@ -109,7 +109,7 @@ func exitCode(err error) int {
 		return exitIntegrity
 	case errors.Is(err, bundle.ErrNarHashMismatch), errors.Is(err, nix.ErrNotClosed), errors.Is(err, nix.ErrNotInClosure),
 		errors.Is(err, bundle.ErrMissingPath), errors.Is(err, bundle.ErrNotBundle), errors.Is(err, bundle.ErrConfig),
-		errors.Is(err, nix.ErrStorePath), errors.Is(err, nix.ErrHashFormat):
+		errors.Is(err, nix.ErrStorePath), errors.Is(err, nix.ErrHashFormat), errors.Is(err, bundle.ErrBootPart):
 		return exitInvalid
 	case errors.Is(err, build.ErrNoNix), errors.Is(err, build.ErrNoQemu), errors.Is(err, build.ErrNoBinfmt),
 		errors.Is(err, build.ErrNoHandler), errors.Is(err, build.ErrNoFixBinary), errors.Is(err, build.ErrSelfTest),
