@@ -96,24 +96,7 @@ func TestEFIPowerCut(t *testing.T) {
 		if err := x.Confirm(1); err != nil {
 			t.Fatal(err)
 		}
-		n := 0
-		x.Cut = func(string) {
-			if n++; n == k {
-				panic(cut{})
-			}
-		}
-		finished := func() (done bool) {
-			defer func() {
-				if r := recover(); r != nil {
-					if _, ok := r.(cut); !ok {
-						panic(r)
-					}
-				}
-			}()
-			stage(t, x, 2)
-			return true
-		}()
-		x.Cut = nil
+		finished := cutAt(k, func(h func(string)) { x.Cut = h }, func() { stage(t, x, 2) })
 		if finished {
 			if k < 3 {
 				t.Fatalf("only %d cut points", k-1)

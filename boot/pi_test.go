@@ -147,6 +147,28 @@ func TestPiTryboot(t *testing.T) {
 
 type cut struct{}
 
+// cutAt runs fn with the hook set (by set) to stop it, as a power cut
+// would, at the k-th cut point (1-based), and clears the hook. It says
+// whether fn finished before the k-th point.
+func cutAt(k int, set func(func(string)), fn func()) (finished bool) {
+	n := 0
+	set(func(string) {
+		if n++; n == k {
+			panic(cut{})
+		}
+	})
+	defer set(nil)
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(cut); !ok {
+				panic(r)
+			}
+		}
+	}()
+	fn()
+	return true
+}
+
 // TestPiPowerCut cuts the power between every two writes of staging and
 // confirming generation 2: an ordinary reset then boots a complete
 // generation (1 before the confirmation, 2 after it — or, with
@@ -158,29 +180,14 @@ func TestPiPowerCut(t *testing.T) {
 		img := filepath.Join(t.TempDir(), "sd.img")
 		copyFile(t, golden, img)
 		pi := piOf(img)
-		n := 0
-		pi.Cut = func(step string) {
-			if n++; n == k {
-				panic(cut{})
-			}
-		}
-		finished := func() (done bool) {
-			defer func() {
-				if r := recover(); r != nil {
-					if _, ok := r.(cut); !ok {
-						panic(r)
-					}
-				}
-			}()
+		finished := cutAt(k, func(h func(string)) { pi.Cut = h }, func() {
 			if _, err := pi.Stage(release(2), cmdline(2)); err != nil {
 				t.Fatal(err)
 			}
 			if err := pi.Confirm(2); err != nil {
 				t.Fatal(err)
 			}
-			return true
-		}()
-		pi.Cut = nil
+		})
 		s, cl, err := boot.Firmware(pi, false)
 		if err != nil {
 			t.Fatalf("cut %d: firmware: %v", k, err)
