@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -244,6 +245,10 @@ func TestDevicePowerLoss(t *testing.T) {
 			time.Sleep(delay)
 			cmd.Process.Kill()
 			cmd.Wait()
+			// A child the killed otter was starting (its health check) holds
+			// a copy of the lock's descriptor until it execs: a power loss
+			// would end it too. Wait for it, as the next boot would.
+			waitUnlocked(t, d.state)
 			check(t, d, delay.String())
 			finish(t, d, delay.String())
 		})
@@ -355,4 +360,24 @@ func TestDeviceBadInput(t *testing.T) {
 		code, _, _ := otter(t, append([]string{"update", base + ":r3"}, d.args()...)...)
 		stayed(t, d, code, exitNoSpace, "not enough free space")
 	})
+}
+
+// waitUnlocked waits (up to 5 s) until no process holds the state's lock.
+func waitUnlocked(t *testing.T, state string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(state, "lock"))
+	if err != nil {
+		return // never locked
+	}
+	defer f.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is still locked 5 s after otter was killed", state)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
