@@ -93,6 +93,11 @@ type Report struct {
 	// canaries); InstalledAfterHalt how many tried r4 after the halt.
 	RolledBack         int `json:"rolledBack"`
 	InstalledAfterHalt int `json:"installedAfterHalt"`
+	// HaltAfter is when, into r4's rollout, the halt was signed;
+	// FirstOffer when the first device that is not a canary is offered
+	// r4 (the halt must come first).
+	HaltAfter  time.Duration `json:"haltAfter"`
+	FirstOffer time.Duration `json:"firstOffer"`
 	// HaltedWait is how long past r4's full rollout the drill watched.
 	HaltedWait    time.Duration `json:"haltedWait"`
 	StoresChecked int           `json:"storesChecked"`
@@ -480,7 +485,9 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 			break
 		}
 		rep.RolledBack = d.triedR4()
-		d.logf("%d devices rolled back r4: halting it", rep.RolledBack)
+		rep.HaltAfter = time.Since(d.rolloutStart).Round(time.Second)
+		rep.FirstOffer = d.firstOffer()
+		d.logf("%d devices rolled back r4: halting it, %v into its rollout (the first other device is offered it at %v)", rep.RolledBack, rep.HaltAfter, rep.FirstOffer)
 		if _, err = d.run(ctx, "halt", d.origin.Addr+"/fleet/logger:v4", "--key", d.key, "--reason",
 			fmt.Sprintf("%d devices failed their health check", rep.RolledBack), "--expires", "2h", "--insecure"); err != nil {
 			break
@@ -545,6 +552,19 @@ func (d *drill) allOn(v uint64) (bool, string) {
 		}
 	}
 	return n == len(d.devs), fmt.Sprintf("%d/%d devices on r%d", n, len(d.devs), v)
+}
+
+// firstOffer is when, into r4's rollout, the least wary device that is
+// not a canary is offered it.
+func (d *drill) firstOffer() time.Duration {
+	r := &sign.Rollout{Start: sign.FormatTime(d.rolloutStart), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}
+	first := time.Duration(1 << 62)
+	for _, dev := range d.devs {
+		if !dev.canary {
+			first = min(first, r.OfferedAt(dev.wariness).Sub(d.rolloutStart))
+		}
+	}
+	return first
 }
 
 // triedR4 counts the devices that installed r4 and rolled back: their

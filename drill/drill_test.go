@@ -48,7 +48,7 @@ func TestDrill(t *testing.T) {
 	repo, _ := filepath.Abs("..")
 	o := Options{
 		Devices: 3, Canaries: 2, Rate: "1mbit", Faults: faults{Latency: 300 * time.Millisecond, CutEvery: 64 << 10},
-		Interval: 5 * time.Second, R3Rollout: 60 * time.Second, R4Rollout: 120 * time.Second, Cautious: 0.85,
+		Interval: 5 * time.Second, R3Rollout: 60 * time.Second, R4Rollout: 180 * time.Second, Cautious: 0.85,
 		Corpus: corpus, Work: t.TempDir(), Repo: repo, Log: testWriter{t},
 	}
 	rep, err := Run(context.Background(), o)
@@ -84,6 +84,7 @@ func TestDrill(t *testing.T) {
 	if rep.RolledBack != 2 || rep.InstalledAfterHalt != 0 || rep.Releases[2].Installed != 0 {
 		t.Errorf("r4: %d rolled back, %d installed after the halt, %d on it", rep.RolledBack, rep.InstalledAfterHalt, rep.Releases[2].Installed)
 	}
+	t.Logf("the halt came %v into r4's rollout; the first other device would have been offered r4 at %v", rep.HaltAfter, rep.FirstOffer)
 	if rep.OriginRestart == 0 {
 		t.Error("the origin was not restarted")
 	}

@@ -96,6 +96,6 @@ func printReport(w io.Writer, o Options, rep *Report) {
 			r.Version, r.What, kib(r.Patch), kib(r.OriginBlobs), float64(r.OriginBlobs)/float64(max(r.Patch, 1)), kib(r.OriginTotal),
 			kib(r.DirectBlobs), kib(r.DirectTotal), kib(r.Device[0]), kib(r.Device[1]), kib(r.Device[2]), kib(r.Wire[1]), r.Installed, rep.Devices, r.Converge)
 	}
-	fmt.Fprintf(w, "\norigin restarted %v after r3's tag moved; %d devices rolled r4 back before the halt, %d tried it after (watched %v past its full rollout); %d stores verified; %v in all\n",
-		rep.OriginRestart, rep.RolledBack, rep.InstalledAfterHalt, rep.HaltedWait, rep.StoresChecked, rep.Total)
+	fmt.Fprintf(w, "\norigin restarted %v after r3's tag moved; %d devices rolled r4 back before the halt (signed %v into r4's rollout; the first other device would have been offered r4 at %v), %d tried it after (watched %v past its full rollout); %d stores verified; %v in all\n",
+		rep.OriginRestart, rep.RolledBack, rep.HaltAfter, rep.FirstOffer, rep.InstalledAfterHalt, rep.HaltedWait, rep.StoresChecked, rep.Total)
 }
