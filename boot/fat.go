@@ -42,11 +42,12 @@ func (f FAT) mtools(stdout *bytes.Buffer, name string, args ...string) error {
 // os.ErrNotExist.
 func (f FAT) ReadFile(name string) ([]byte, error) {
 	var out bytes.Buffer
-	if err := f.mtools(&out, "mdir", "-b", "::/"+name); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, os.ErrNotExist)
-	}
-	out.Reset()
 	if err := f.mtools(&out, "mtype", "::/"+name); err != nil {
+		if strings.Contains(err.Error(), "not found") {
+			// mtools: File "::/name" not found; a file system it cannot
+			// open is another error.
+			return nil, fmt.Errorf("%s: %w", name, os.ErrNotExist)
+		}
 		return nil, err
 	}
 	return out.Bytes(), nil

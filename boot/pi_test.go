@@ -1,6 +1,7 @@
 package boot_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -143,6 +144,16 @@ func TestPiTryboot(t *testing.T) {
 	}
 	boots(t, pi, false, 2, 2)
 	boots(t, pi, true, 1, 3)
+
+	// A missing file is os.ErrNotExist; a file system mtools cannot open
+	// is not taken for one.
+	if _, err := pi.Slots[0].ReadFile("tryboot.txt"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a missing file: %v", err)
+	}
+	gone := boot.FAT{Path: filepath.Join(t.TempDir(), "missing.img")}
+	if _, err := gone.ReadFile("autoboot.txt"); err == nil || errors.Is(err, os.ErrNotExist) || !errors.Is(err, boot.ErrFAT) {
+		t.Fatalf("an image that is not there: %v", err)
+	}
 }
 
 type cut struct{}
