@@ -134,8 +134,8 @@ func ParseRollout(s string, now time.Time) (*Rollout, error) {
 	return r, nil
 }
 
-// Wariness is a device's default wariness, in [0,1): the first 64 bits of
-// SHA-256("otter wariness v1\n" || machine id) over 2^64. The same machine
+// Wariness is a device's default wariness, in [0,1): the first 53 bits of
+// SHA-256("otter wariness v1\n" || machine id) over 2^53. The same machine
 // id always gives the same wariness, so the same devices go first in
 // every rollout.
 func Wariness(machineID string) float64 {
@@ -211,8 +211,8 @@ func VerifyHalt(envelope []byte, p Policy) (*Halt, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !signers[h.KeyID] {
-		return nil, fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, h.KeyID)
+	if err := signedBy(signers, h.KeyID); err != nil {
+		return nil, err
 	}
 	if h.Digest != p.Digest {
 		return nil, fmt.Errorf("%w: halt names %s, the release is %s", ErrDigestMismatch, h.Digest, p.Digest)

@@ -45,8 +45,8 @@ func VerifyRelease(envelope []byte, p Policy) (*Release, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !signers[r.KeyID] {
-		return nil, fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, r.KeyID)
+	if err := signedBy(signers, r.KeyID); err != nil {
+		return nil, err
 	}
 	if r.Digest != p.Digest {
 		return nil, fmt.Errorf("%w: statement names %s, the bundle is %s", ErrDigestMismatch, r.Digest, p.Digest)
@@ -65,8 +65,8 @@ func VerifyPatch(envelope []byte, base string, p Policy) (*Patch, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !signers[s.KeyID] {
-		return nil, fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, s.KeyID)
+	if err := signedBy(signers, s.KeyID); err != nil {
+		return nil, err
 	}
 	if s.Patch != p.Digest {
 		return nil, fmt.Errorf("%w: statement names patch %s, this patch is %s", ErrDigestMismatch, s.Patch, p.Digest)
@@ -75,6 +75,15 @@ func VerifyPatch(envelope []byte, base string, p Policy) (*Patch, error) {
 		return nil, fmt.Errorf("%w: patch applies to %s, the installed bundle is %s", ErrDigestMismatch, s.Base, base)
 	}
 	return s, p.check(s.Version, s.Channel, s.System, s.Expires)
+}
+
+// signedBy refuses a statement whose keyid names a key that did not
+// sign it (§6 step 3).
+func signedBy(signers map[string]bool, keyid string) error {
+	if !signers[keyid] {
+		return fmt.Errorf("%w: the statement names key %s, which did not sign it", ErrBadSignature, keyid)
+	}
+	return nil
 }
 
 func openEnvelope(data []byte, payloadType string, t *Trust) (*Envelope, map[string]bool, error) {
