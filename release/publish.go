@@ -34,9 +34,22 @@ func (s Signer) Seal(payloadType string, payload []byte) ([]byte, error) {
 	return env.Marshal()
 }
 
+// keyID is the key id statements name: the first key's.
+func (s Signer) keyID() (string, error) { return sign.KeyID(s.Keys[0].Public()) }
+
+// attach seals a statement's payload and attaches it to the bundle desc
+// at ref.
+func (s Signer) attach(ctx context.Context, ref oci.Ref, desc v1.Descriptor, payloadType string, payload []byte) (v1.Descriptor, error) {
+	env, err := s.Seal(payloadType, payload)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return oci.Attach(ctx, ref, desc, payloadType, env, s.IO...)
+}
+
 // Statement is the release statement for a bundle.
 func (s Signer) Statement(desc v1.Descriptor, cfg *bundle.Config, version uint64, channel string) (*sign.Release, error) {
-	keyid, err := sign.KeyID(s.Keys[0].Public())
+	keyid, err := s.keyID()
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +65,7 @@ func (s Signer) Statement(desc v1.Descriptor, cfg *bundle.Config, version uint64
 // it to the bundle desc at ref. It returns the halt and the attached
 // artifact's descriptor.
 func (s Signer) Halt(ctx context.Context, ref oci.Ref, desc v1.Descriptor, version uint64, channel, system, reason string) (*sign.Halt, v1.Descriptor, error) {
-	keyid, err := sign.KeyID(s.Keys[0].Public())
+	keyid, err := s.keyID()
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}
@@ -64,11 +77,7 @@ func (s Signer) Halt(ctx context.Context, ref oci.Ref, desc v1.Descriptor, versi
 	if err != nil {
 		return nil, v1.Descriptor{}, err
 	}
-	env, err := s.Seal(sign.HaltType, payload)
-	if err != nil {
-		return nil, v1.Descriptor{}, err
-	}
-	att, err := oci.Attach(ctx, ref, desc, sign.HaltType, env, s.IO...)
+	att, err := s.attach(ctx, ref, desc, sign.HaltType, payload)
 	return h, att, err
 }
 
@@ -116,7 +125,7 @@ func (s Signer) PublishPatch(ctx context.Context, toRef oci.Ref, toDesc v1.Descr
 	if err != nil || len(s.Keys) == 0 {
 		return ad, nil, err
 	}
-	keyid, err := sign.KeyID(s.Keys[0].Public())
+	keyid, err := s.keyID()
 	if err != nil {
 		return ad, nil, err
 	}
@@ -134,11 +143,7 @@ func (s Signer) PublishPatch(ctx context.Context, toRef oci.Ref, toDesc v1.Descr
 	if err != nil {
 		return ad, nil, fmt.Errorf("patch statement: %w", err)
 	}
-	env, err := s.Seal(sign.PatchType, payload)
-	if err != nil {
-		return ad, nil, err
-	}
-	if _, err := oci.Attach(ctx, toRef, toDesc, sign.PatchType, env, s.IO...); err != nil {
+	if _, err := s.attach(ctx, toRef, toDesc, sign.PatchType, payload); err != nil {
 		return ad, nil, err
 	}
 	return ad, st, nil
