@@ -41,10 +41,6 @@ resume the rollout, let the halt expire (docs/signing.md §7).`,
 		}, registryFlags()...),
 		Action: func(c *cli.Context) error {
 			o := haltOpts{registry: registryOptsFrom(c), signing: signingOptsFrom(c), channel: c.String("channel"), reason: c.String("reason")}
-			if c.IsSet("release-version") {
-				v := c.Uint64("release-version")
-				o.version = &v
-			}
 			return runHalt(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
@@ -55,7 +51,6 @@ type haltOpts struct {
 	registry        registryOpts
 	signing         signingOpts
 	channel, reason string
-	version         *uint64 // nil: the bundle's
 }
 
 func runHalt(ctx context.Context, o haltOpts, args []string, u *ui) error {
@@ -66,12 +61,8 @@ func runHalt(ctx context.Context, o haltOpts, args []string, u *ui) error {
 	if err != nil {
 		return err
 	}
-	version := in.cfg.Version
-	if o.version != nil {
-		version = *o.version
-	}
 	signer := release.Signer{Keys: in.keys, Now: in.now, Expires: in.expires, IO: o.registry.io(nil)}
-	h, att, err := signer.Halt(ctx, in.ref, in.desc, version, o.channel, in.cfg.System, o.reason)
+	h, att, err := signer.Halt(ctx, in.ref, in.desc, in.version, o.channel, in.cfg.System, o.reason)
 	if errors.Is(err, sign.ErrMalformed) {
 		return usageErrorf("%v", err) // --reason or --channel
 	}

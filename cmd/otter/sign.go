@@ -79,8 +79,9 @@ func loadKey(u *ui, spec string) (crypto.Signer, error) {
 	return k, nil
 }
 
-// signing is what sign and delta start from: the --key keys, the time
-// and --expires, and the bundle named by the first argument.
+// signing is what sign, halt and delta start from: the --key keys, the
+// time and --expires, the bundle named by the first argument, and the
+// release version (--release-version, else the bundle's).
 type signing struct {
 	keys         []crypto.Signer
 	now, expires time.Time
@@ -88,16 +89,24 @@ type signing struct {
 	img          v1.Image
 	cfg          *bundle.Config
 	desc         v1.Descriptor
+	version      uint64
 }
 
-// signingOpts are the --key and --expires flags of sign and delta.
+// signingOpts are the --key, --expires and --release-version flags of
+// sign, halt and delta.
 type signingOpts struct {
 	keys    []string
 	expires string
+	version *uint64 // nil: the bundle's
 }
 
 func signingOptsFrom(c *cli.Context) signingOpts {
-	return signingOpts{keys: c.StringSlice("key"), expires: c.String("expires")}
+	o := signingOpts{keys: c.StringSlice("key"), expires: c.String("expires")}
+	if c.IsSet("release-version") {
+		v := c.Uint64("release-version")
+		o.version = &v
+	}
+	return o
 }
 
 // signingInputs loads the keys, reads the expiry and opens the bundle arg.
@@ -115,6 +124,10 @@ func signingInputs(ctx context.Context, reg registryOpts, so signingOpts, arg st
 	}
 	if in.desc, err = oci.DescriptorOf(in.img); err != nil {
 		return nil, err
+	}
+	in.version = in.cfg.Version
+	if so.version != nil {
+		in.version = *so.version
 	}
 	return in, nil
 }
@@ -287,10 +300,6 @@ bundle. --key may be given several times for k-of-n trust roots.`,
 				registry: registryOptsFrom(c), signing: signingOptsFrom(c), channel: c.String("channel"),
 				noCosign: c.Bool("no-cosign"), envelopeOut: c.String("envelope-out"), rollout: c.String("rollout"),
 			}
-			if c.IsSet("release-version") {
-				v := c.Uint64("release-version")
-				o.version = &v
-			}
 			return runSign(c.Context, o, c.Args().Slice(), newUI(c))
 		},
 	}
@@ -302,7 +311,6 @@ type signOpts struct {
 	signing              signingOpts
 	channel, envelopeOut string
 	rollout              string
-	version              *uint64 // nil: the bundle's
 	noCosign             bool
 }
 
@@ -315,10 +323,7 @@ func runSign(ctx context.Context, o signOpts, args []string, u *ui) error {
 		return err
 	}
 	ref, cfg, desc, keys, now, expires := in.ref, in.cfg, in.desc, in.keys, in.now, in.expires
-	version := cfg.Version
-	if o.version != nil {
-		version = *o.version
-	}
+	version := in.version
 	rollout, err := parseRollout(o.rollout, "", now)
 	if err != nil {
 		return err
