@@ -66,6 +66,13 @@ func TestRolloutAndHalt(t *testing.T) {
 	if hr.Halt.Version != 3 || hr.Halt.Reason != "2 devices rolled back" {
 		t.Fatalf("halt result %+v", hr)
 	}
+	// --release-version overrides the bundle's, for halt as for sign.
+	var other haltResult
+	otterJSON(t, &other, "halt", base+":r1", "--key", key, "--reason", "r", "--release-version", "9")
+	otterJSON(t, &sr, "sign", base+":r1", "--key", key, "--no-cosign", "--release-version", "9")
+	if other.Halt.Version != 9 || sr.Statement.Version != 9 {
+		t.Fatalf("--release-version 9: halt %d, sign %d", other.Halt.Version, sr.Statement.Version)
+	}
 	res = device.UpdateResult{}
 	otterJSON(t, &res, append([]string{"update", base + ":r3", "--no-fsync", "--wariness", "0"}, d.args()...)...)
 	if res.Hold == nil || res.Hold.Kind != "halted" || res.To != 2 {
