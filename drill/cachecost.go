@@ -36,7 +36,7 @@ type CacheCost struct {
 
 // measureCacheCost runs the measurement in o.Work.
 func measureCacheCost(ctx context.Context, o Options) (*CacheCost, error) {
-	d := &drill{o: o, digests: map[uint64]string{}, roots: map[uint64]string{}, publishedAt: map[uint64]time.Time{}}
+	d := newDrill(o)
 	defer d.close()
 	cc := &CacheCost{}
 	// The arm64 package and the C library it links, unpacked (not
@@ -91,46 +91,17 @@ func measureCacheCost(ctx context.Context, o Options) (*CacheCost, error) {
 	}
 
 	// The cache: the arm64 docker-registry under qemu-user.
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
 	debug, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(o.Work, "device-cache")
-	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  debug:\n    addr: %s\nproxy:\n  remoteurl: http://%s\n",
-		filepath.Join(dir, "data"), addr, debug, d.front)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
-	reg := exec.Command("qemu-aarch64-static", "-L", sysroot, bin, "serve", filepath.Join(dir, "config.yml"))
-	log, err := os.Create(filepath.Join(dir, "log"))
+	reg, err := startRegistryWith(filepath.Join(o.Work, "device-cache"), "http://"+d.front,
+		[]string{"qemu-aarch64-static", "-L", sysroot, bin}, debug)
 	if err != nil {
 		return nil, err
 	}
-	defer log.Close()
-	reg.Stdout, reg.Stderr = log, log
-	if err := reg.Start(); err != nil {
-		return nil, err
-	}
-	defer func() { _ = reg.Process.Kill(); _ = reg.Wait() }()
-	up := false
-	for i := 0; i < 300 && !up; i++ {
-		if resp, err := http.Get("http://" + addr + "/v2/"); err == nil {
-			resp.Body.Close()
-			up = true
-		} else {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	if !up {
-		return nil, fmt.Errorf("the arm64 docker-registry did not start (%s/log)", dir)
-	}
+	defer reg.stop()
+	addr, dir := reg.Addr, reg.dir
 	stop := make(chan struct{})
 	sampled := make(chan int64)
 	go func() {
@@ -168,7 +139,7 @@ func measureCacheCost(ctx context.Context, o Options) (*CacheCost, error) {
 	cc.GoSys = <-sampled
 	cb, _, db, _ := d.meter.bytes()
 	cc.FromOrigin, cc.Direct = cb-blobs0, db-direct0
-	cc.PeakRSS = vmHWM(reg.Process.Pid)
+	cc.PeakRSS = vmHWM(reg.cmd.Process.Pid)
 	cc.Stored, err = du(filepath.Join(dir, "data"))
 	return cc, err
 }

@@ -124,13 +124,14 @@ type drill struct {
 	meter                *originMeter
 	proxies              *proxies
 	devs                 []*device
-	digests              map[uint64]string
-	roots                map[uint64]string
+	digests              map[uint64]string // by release
+	r4Root               string            // r4's root store path: its health check fails
 	tag                  string
 	cancelFront          context.CancelFunc
-	publishedAt          map[uint64]time.Time
 	rolloutStart, r4Stop time.Time
 }
+
+func newDrill(o Options) *drill { return &drill{o: o, digests: map[uint64]string{}} }
 
 func (d *drill) logf(format string, a ...any) {
 	fmt.Fprintf(d.o.Log, "drill: "+format+"\n", a...)
@@ -146,8 +147,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, fmt.Errorf("drill: at most 250 devices")
 	}
 	start := time.Now()
-	d := &drill{o: o, digests: map[uint64]string{}, roots: map[uint64]string{}, publishedAt: map[uint64]time.Time{},
-		tag: strconv.Itoa(os.Getpid() % 10000)}
+	d := newDrill(o)
+	d.tag = strconv.Itoa(os.Getpid() % 10000)
 	defer d.close()
 	rep := &Report{Devices: o.Devices, Canaries: o.Canaries}
 	if err := d.setUp(ctx); err != nil {
@@ -194,7 +195,7 @@ func (d *drill) setUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.roots[4] = strings.TrimSpace(string(r4))
+	d.r4Root = strings.TrimSpace(string(r4))
 
 	if d.origin, err = startRegistry(filepath.Join(o.Work, "origin"), ""); err != nil {
 		return err
@@ -316,7 +317,7 @@ func cautiousIDs(n int, min float64) []string {
 func (d *drill) startAgent(ctx context.Context, dev *device, ids []string) error {
 	o := d.o
 	dev.statusFile = filepath.Join(dev.state, "otter.prom")
-	r4root := filepath.Join(dev.store, filepath.Base(d.roots[4]))
+	r4root := filepath.Join(dev.store, filepath.Base(d.r4Root))
 	who := "wariness: 0\n"
 	if dev.canary {
 		dev.wariness = 0
@@ -382,7 +383,6 @@ func (d *drill) publishAs(ctx context.Context, c, v uint64, rollout string) (int
 	if err != nil {
 		return 0, err
 	}
-	d.roots[v] = strings.TrimSpace(string(root))
 	file := fmt.Sprintf(`version: 1
 registry: %s/fleet
 insecure: true
@@ -398,7 +398,7 @@ signing:
 patches:
   from: 1
   maxShare: 0.6
-`, d.origin.Addr, v, rel, filepath.Join(rel, "path-info.json"), d.roots[v], d.key)
+`, d.origin.Addr, v, rel, filepath.Join(rel, "path-info.json"), strings.TrimSpace(string(root)), d.key)
 	f := filepath.Join(d.o.Work, fmt.Sprintf("otter-r%d.yaml", v))
 	if err := os.WriteFile(f, []byte(file), 0o644); err != nil {
 		return 0, err
@@ -412,7 +412,6 @@ patches:
 	if err != nil {
 		return 0, err
 	}
-	d.publishedAt[v] = time.Now()
 	var res struct {
 		Targets []struct {
 			Digest  string `json:"digest"`
@@ -457,7 +456,7 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 	if rr.Patch, err = d.publish(ctx, v, rollout); err != nil {
 		return nil, err
 	}
-	moved := d.publishedAt[v]
+	moved := time.Now() // otter release moves the channel tag last
 	switch v {
 	case 2:
 		err = d.waitFor(ctx, "r2", 20*time.Minute, func() (bool, string) { return d.allOn(2) })

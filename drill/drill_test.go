@@ -106,8 +106,7 @@ func TestResumeEvery256KiB(t *testing.T) {
 	corpus := requireAll(t)
 	repo, _ := filepath.Abs("..")
 	work := t.TempDir()
-	d := &drill{o: Options{Corpus: corpus, Work: work, Repo: repo, Log: testWriter{t}}, digests: map[uint64]string{},
-		roots: map[uint64]string{}, publishedAt: map[uint64]time.Time{}}
+	d := newDrill(Options{Corpus: corpus, Work: work, Repo: repo, Log: testWriter{t}})
 	t.Cleanup(d.close)
 	ctx := context.Background()
 	if err := d.buildAndKey(ctx, false); err != nil {

@@ -24,7 +24,11 @@ type registry struct {
 	Addr   string
 	dir    string
 	remote string
-	cmd    *exec.Cmd
+	// argv runs the registry (default: docker-registry from PATH); debug,
+	// when set, is the address of its debug server (expvar).
+	argv  []string
+	debug string
+	cmd   *exec.Cmd
 }
 
 func freeAddr() (string, error) {
@@ -39,21 +43,34 @@ func freeAddr() (string, error) {
 // startRegistry serves dir's storage on a free port of 127.0.0.1; with a
 // remote URL it is a pull-through cache of it.
 func startRegistry(dir, remote string) (*registry, error) {
+	return startRegistryWith(dir, remote, nil, "")
+}
+
+// startRegistryWith starts one run by argv (nil: docker-registry), with
+// a debug server on debug if set.
+func startRegistryWith(dir, remote string, argv []string, debug string) (*registry, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	r := &registry{Addr: addr, dir: dir, remote: remote}
+	r := &registry{Addr: addr, dir: dir, remote: remote, argv: argv, debug: debug}
 	return r, r.start()
 }
 
 func (r *registry) start() error {
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		return fmt.Errorf("Debian's docker-registry: %w", err)
+	argv := r.argv
+	if argv == nil {
+		bin, err := exec.LookPath("docker-registry")
+		if err != nil {
+			return fmt.Errorf("Debian's docker-registry: %w", err)
+		}
+		argv = []string{bin}
 	}
 	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n",
 		filepath.Join(r.dir, "data"), r.Addr)
+	if r.debug != "" {
+		conf += "  debug:\n    addr: " + r.debug + "\n"
+	}
 	if r.remote != "" {
 		conf += "proxy:\n  remoteurl: " + r.remote + "\n"
 	}
@@ -68,13 +85,14 @@ func (r *registry) start() error {
 	if err != nil {
 		return err
 	}
-	r.cmd = exec.Command(bin, "serve", cf)
+	r.cmd = exec.Command(argv[0], append(argv[1:], "serve", cf)...)
 	r.cmd.Stdout, r.cmd.Stderr = log, log
 	if err := r.cmd.Start(); err != nil {
 		return err
 	}
 	go func() { _ = r.cmd.Wait(); log.Close() }()
-	for i := 0; i < 200; i++ {
+	// Up to 30 s: under qemu-user it takes seconds.
+	for i := 0; i < 600; i++ {
 		if resp, err := http.Get("http://" + r.Addr + "/v2/"); err == nil {
 			resp.Body.Close()
 			return nil
