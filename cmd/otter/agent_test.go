@@ -177,19 +177,27 @@ func TestAgentIdlePollBytes(t *testing.T) {
 	if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 {
 		t.Fatalf("first poll: %d %s", code, errs)
 	}
-	const polls = 5
+	down, up := cheapPolls(t, link, conf, 5, "idle")
+	t.Logf("idle poll: %d bytes down, %d bytes up (mean of 5 polls)", down, up)
+}
+
+// cheapPolls runs polls agent polls that must find nothing to do, and
+// fails unless each is one HEAD request (at most 4 KB on the wire); it
+// returns the mean bytes down and up.
+func cheapPolls(t *testing.T, link *testutil.BadLink, conf string, polls int64, what string) (down, up int64) {
+	t.Helper()
 	link.Received.Store(0)
 	link.Sent.Store(0)
 	for range polls {
 		if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 || !strings.Contains(errs, "unchanged") {
-			t.Fatalf("idle poll: %d %s", code, errs)
+			t.Fatalf("%s poll: %d %s", what, code, errs)
 		}
 	}
-	down, up := link.Received.Load()/polls, link.Sent.Load()/polls
-	t.Logf("idle poll: %d bytes down, %d bytes up (mean of %d polls)", down, up, polls)
+	down, up = link.Received.Load()/polls, link.Sent.Load()/polls
 	if down+up > 4096 {
-		t.Fatalf("an idle poll moved %d bytes; it should be one HEAD request", down+up)
+		t.Fatalf("%s poll: %d bytes moved; it should be one HEAD request", what, down+up)
 	}
+	return down, up
 }
 
 // TestAgentSIGTERMResumes: SIGTERM while the agent downloads stops it
@@ -278,19 +286,8 @@ func TestAgentHeldPollIsCheap(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(d.state, "held.json")); err != nil || json.Unmarshal(data, &held) != nil || held.Kind != "rollout" {
 		t.Fatalf("held.json: %s %v", data, err)
 	}
-	const polls = 3
-	link.Received.Store(0)
-	link.Sent.Store(0)
-	for range polls {
-		if code, _, errs := otter(t, "agent", "--once", "--config", conf); code != 0 || !strings.Contains(errs, "unchanged") {
-			t.Fatalf("held poll: %d %s", code, errs)
-		}
-	}
-	down, up := link.Received.Load()/polls, link.Sent.Load()/polls
+	down, up := cheapPolls(t, link, conf, 3, "held")
 	t.Logf("the poll that found r2 held: %d bytes down; each later poll: %d down, %d up", first, down, up)
-	if down+up > 4096 {
-		t.Fatalf("a held poll moved %d bytes; it should be one HEAD request", down+up)
-	}
 	// When the rollout reaches the device (--at), the agent updates.
 	until, _ := time.Parse(time.RFC3339, held.Until)
 	if code, _, errs := otter(t, "agent", "--once", "--config", conf, "--at", until.Add(time.Second).Format(time.RFC3339)); code != 0 || !strings.Contains(errs, "updated to release 2") {
