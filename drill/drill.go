@@ -116,19 +116,21 @@ type device struct {
 }
 
 type drill struct {
-	o                    Options
-	otter, arm64         string
-	key, trust           string
-	origin, cache        *registry
-	front                string
-	meter                *originMeter
-	proxies              *proxies
-	devs                 []*device
-	digests              map[uint64]string // by release
-	r4Root               string            // r4's root store path: its health check fails
-	tag                  string
-	cancelFront          context.CancelFunc
-	rolloutStart, r4Stop time.Time
+	o             Options
+	otter, arm64  string
+	key, trust    string
+	origin, cache *registry
+	front         string
+	meter         *originMeter
+	proxies       *proxies
+	devs          []*device
+	digests       map[uint64]string // by release
+	r4Root        string            // r4's root store path: its health check fails
+	tag           string
+	cancelFront   context.CancelFunc
+	// r4 is r4's rollout schedule, and r4Start its start.
+	r4      *sign.Rollout
+	r4Start time.Time
 }
 
 func newDrill(o Options) *drill { return &drill{o: o, digests: map[uint64]string{}} }
@@ -448,9 +450,9 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 	case 4:
 		// From 0% at a start after the patch is built: the canaries go at
 		// the start, the first other device Cautious×R4Rollout later.
-		d.rolloutStart = time.Now().Add(90 * time.Second).UTC().Truncate(time.Second)
-		rollout = fmt.Sprintf("0%%:%s@%s", d.o.R4Rollout, d.rolloutStart.Format(time.RFC3339))
-		d.r4Stop = d.rolloutStart.Add(d.o.R4Rollout)
+		d.r4Start = time.Now().Add(90 * time.Second).UTC().Truncate(time.Second)
+		d.r4 = &sign.Rollout{Start: sign.FormatTime(d.r4Start), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}
+		rollout = d.r4.String()
 	}
 	var err error
 	if rr.Patch, err = d.publish(ctx, v, rollout); err != nil {
@@ -484,7 +486,7 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 			break
 		}
 		rep.RolledBack = d.triedR4()
-		rep.HaltAfter = time.Since(d.rolloutStart).Round(time.Second)
+		rep.HaltAfter = time.Since(d.r4Start).Round(time.Second)
 		rep.FirstOffer = d.firstOffer()
 		d.logf("%d devices rolled back r4: halting it, %v into its rollout (the first other device is offered it at %v)", rep.RolledBack, rep.HaltAfter, rep.FirstOffer)
 		if _, err = d.run(ctx, "halt", d.origin.Addr+"/fleet/logger:v4", "--key", d.key, "--reason",
@@ -493,11 +495,11 @@ func (d *drill) release(ctx context.Context, v uint64, rep *Report) (*ReleaseRep
 		}
 		// Watch until every device would have been offered r4, and a few
 		// polls more.
-		until := d.r4Stop.Add(4 * d.o.Interval)
+		until := d.r4Start.Add(d.o.R4Rollout + 4*d.o.Interval)
 		rep.HaltedWait = time.Until(until).Round(time.Second)
 		err = d.waitFor(ctx, "r4 halted", time.Until(until)+time.Minute, func() (bool, string) {
 			_, s := d.allOn(3)
-			f := (&sign.Rollout{Start: sign.FormatTime(d.rolloutStart), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}).FractionAt(time.Now())
+			f := d.r4.FractionAt(time.Now())
 			return time.Now().After(until), fmt.Sprintf("%s, %d tried r4, rollout past %d%%", s, d.triedR4(), int(f*10)*10)
 		})
 		rep.InstalledAfterHalt = d.triedR4() - rep.RolledBack
@@ -556,11 +558,10 @@ func (d *drill) allOn(v uint64) (bool, string) {
 // firstOffer is when, into r4's rollout, the least wary device that is
 // not a canary is offered it.
 func (d *drill) firstOffer() time.Duration {
-	r := &sign.Rollout{Start: sign.FormatTime(d.rolloutStart), Fraction: 0, Duration: uint64(d.o.R4Rollout / time.Second)}
 	first := time.Duration(1 << 62)
 	for _, dev := range d.devs {
 		if !dev.canary {
-			first = min(first, r.OfferedAt(dev.wariness).Sub(d.rolloutStart))
+			first = min(first, d.r4.OfferedAt(dev.wariness).Sub(d.r4Start))
 		}
 	}
 	return first
