@@ -70,6 +70,18 @@ func lineDiff(want, got string) string {
 
 func FuzzParseConfig(f *testing.F) {
 	testutil.AddSeeds(f, filepath.Join("..", "testdata", "bundle", "*config*.json"))
+	// A config with a boot part (§3.1).
+	seeds, _ := filepath.Glob(filepath.Join("..", "testdata", "bundle", "*config*.json"))
+	if len(seeds) > 0 {
+		if data, err := os.ReadFile(seeds[0]); err == nil {
+			if cfg, err := bundle.ParseConfig(data); err == nil {
+				cfg.Boot = &bundle.Boot{NarHash: cfg.Paths[0].NarHash, NarSize: 4096, Kernel: "Image", Initrd: "initrd"}
+				if b, err := cfg.Marshal(); err == nil {
+					f.Add(b)
+				}
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := bundle.ParseConfig(data)
 		if err != nil {
