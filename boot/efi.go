@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -27,7 +26,7 @@ const Tries = 3
 // the counter (otter-N.conf), as systemd-bless-boot does. No entry the
 // running system booted from is written.
 type EFI struct {
-	ESP FAT
+	ESP Volume
 	// Cut, when set, is called between two writes (tests).
 	Cut func(step string)
 }
@@ -67,13 +66,12 @@ func (x *EFI) cut(step string) {
 // Entries lists otter's entries in systemd-boot's order: good entries
 // newest generation first, then bad ones.
 func (x *EFI) Entries() ([]Entry, error) {
-	var out bytes.Buffer
-	if err := x.ESP.mtools(&out, "mdir", "-b", "::/loader/entries"); err != nil {
-		return nil, nil // no entries directory: no entries
+	names, err := x.ESP.List("loader/entries")
+	if err != nil {
+		return nil, err
 	}
 	var es []Entry
-	for _, l := range strings.Split(out.String(), "\n") {
-		base := l[strings.LastIndex(l, "/")+1:]
+	for _, base := range names {
 		m := entryRE.FindStringSubmatch(base)
 		if m == nil {
 			continue
@@ -106,8 +104,10 @@ func (x *EFI) Stage(n int, kernel, initrd []byte, title, options string) error {
 		return errors.New("boot: the entry's options name no init=")
 	}
 	dir := fmt.Sprintf("otter/%d", n)
-	for _, d := range []string{"otter", dir, "loader", "loader/entries"} {
-		_ = x.ESP.mtools(nil, "mmd", "-D", "s", "::/"+d) // exists: fine
+	for _, d := range []string{dir, "loader/entries"} {
+		if err := x.ESP.MkdirAll(d); err != nil {
+			return err
+		}
 	}
 	if err := x.ESP.WriteFile(dir+"/linux", kernel); err != nil {
 		return err
@@ -124,7 +124,7 @@ func (x *EFI) Stage(n int, kernel, initrd []byte, title, options string) error {
 		return err
 	}
 	x.cut("wrote the entry aside")
-	return x.ESP.mtools(nil, "mren", "-D", "o", "::/loader/entries/otter.new", "::/loader/entries/"+e.name())
+	return x.ESP.Rename("loader/entries/otter.new", "loader/entries/"+e.name())
 }
 
 // Confirm drops the counter from generation n's entry: it is good.
@@ -136,7 +136,7 @@ func (x *EFI) Confirm(n int) error {
 	for _, e := range es {
 		if e.Generation == n && e.Counted {
 			good := Entry{Generation: n}
-			return x.ESP.mtools(nil, "mren", "::/loader/entries/"+e.Name, "::/loader/entries/"+good.name())
+			return x.ESP.Rename("loader/entries/"+e.Name, "loader/entries/"+good.name())
 		}
 	}
 	return nil
@@ -156,7 +156,7 @@ func (x *EFI) Remove(n int) error {
 			}
 		}
 	}
-	return x.ESP.mtools(nil, "mdeltree", fmt.Sprintf("::/otter/%d", n))
+	return x.ESP.RemoveAll(fmt.Sprintf("otter/%d", n))
 }
 
 // Firmware is what systemd-boot does at a reset, for otter's entries: it
@@ -171,7 +171,7 @@ func FirmwareEFI(x *EFI) (Entry, string, error) {
 	e := es[0]
 	if e.Counted && e.Left > 0 {
 		next := Entry{Generation: e.Generation, Counted: true, Left: e.Left - 1, Done: e.Done + 1}
-		if err := x.ESP.mtools(nil, "mren", "::/loader/entries/"+e.Name, "::/loader/entries/"+next.name()); err != nil {
+		if err := x.ESP.Rename("loader/entries/"+e.Name, "loader/entries/"+next.name()); err != nil {
 			return e, "", err
 		}
 		next.Name = next.name()

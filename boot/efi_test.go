@@ -54,7 +54,12 @@ func resets(t *testing.T, x *boot.EFI, gen int, name string) {
 // unconfirmed, the next reset boots the newest good generation; once
 // confirmed it boots every time.
 func TestEFIBootCounting(t *testing.T) {
-	x := esp(t)
+	t.Run("mtools", func(t *testing.T) { bootCounting(t, esp(t)) })
+	// The same on a mounted ESP (a directory here): boot.Dir.
+	t.Run("mount", func(t *testing.T) { bootCounting(t, &boot.EFI{ESP: boot.Dir(t.TempDir())}) })
+}
+
+func bootCounting(t *testing.T, x *boot.EFI) {
 	stage(t, x, 1)
 	if err := x.Confirm(1); err != nil {
 		t.Fatal(err)

@@ -4,14 +4,54 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
+
+	"github.com/otter-fleet/otter/internal/fsutil"
 )
 
 // ErrFAT is a boot partition otter cannot read or write.
 var ErrFAT = errors.New("boot: FAT file system")
+
+// Volume is a boot partition as otter writes it: a FAT file system,
+// reached with mtools (FAT) or through a mount (Dir). Names are slash
+// separated and relative to the partition's top.
+type Volume interface {
+	// ReadFile reads a file; a missing one is os.ErrNotExist.
+	ReadFile(name string) ([]byte, error)
+	// WriteFile writes a file, replacing it; not atomic (see Replace).
+	WriteFile(name string, data []byte) error
+	// Rename renames a file, replacing to.
+	Rename(from, to string) error
+	// Remove removes a file; a missing one is not an error.
+	Remove(name string) error
+	// RemoveAll removes a directory and what it holds.
+	RemoveAll(dir string) error
+	// MkdirAll makes a directory and its parents.
+	MkdirAll(dir string) error
+	// List gives the names in a directory, sorted; none when it is
+	// missing.
+	List(dir string) ([]string, error)
+}
+
+// Replace writes name as a new file beside it (name.new) and renames it
+// over the old: a power cut leaves the old file, the new one, or — within
+// the rename, which FAT does as two directory entry writes — neither, and
+// a name.new holding the new content complete.
+func Replace(v Volume, name string, data []byte, cut func(string)) error {
+	tmp := strings.TrimSuffix(name, filepath.Ext(name)) + ".new"
+	if err := v.WriteFile(tmp, data); err != nil {
+		return err
+	}
+	if cut != nil {
+		cut("written " + tmp)
+	}
+	return v.Rename(tmp, name)
+}
 
 // FAT is a FAT file system inside a file (a disk image or a block
 // device) at a byte offset, read and written with mtools: no mount, no
@@ -38,8 +78,7 @@ func (f FAT) mtools(stdout *bytes.Buffer, name string, args ...string) error {
 	return nil
 }
 
-// ReadFile reads a file at the top of the file system; a missing file is
-// os.ErrNotExist.
+// ReadFile reads a file; a missing file is os.ErrNotExist.
 func (f FAT) ReadFile(name string) ([]byte, error) {
 	var out bytes.Buffer
 	if err := f.mtools(&out, "mtype", "::/"+name); err != nil {
@@ -69,17 +108,9 @@ func (f FAT) WriteFile(name string, data []byte) error {
 	return f.mtools(nil, "mcopy", "-o", "-m", "-Q", src, "::/"+name)
 }
 
-// Replace writes name as a new file beside it (name.new) and renames it
-// over the old: a power cut leaves the old file, the new one, or — within
-// the rename, which FAT does as two directory entry writes — neither, and
-// a name.new holding the new content complete.
-func (f FAT) Replace(name string, data []byte, cut func(string)) error {
-	tmp := strings.TrimSuffix(name, filepath.Ext(name)) + ".new"
-	if err := f.WriteFile(tmp, data); err != nil {
-		return err
-	}
-	cut("written " + tmp)
-	return f.mtools(nil, "mren", "-D", "o", "::/"+tmp, "::/"+name)
+// Rename renames from to to, replacing to.
+func (f FAT) Rename(from, to string) error {
+	return f.mtools(nil, "mren", "-D", "o", "::/"+from, "::/"+to)
 }
 
 // Remove removes name; a missing file is not an error.
@@ -88,4 +119,123 @@ func (f FAT) Remove(name string) error {
 		return nil
 	}
 	return f.mtools(nil, "mdel", "::/"+name)
+}
+
+// RemoveAll removes dir and its contents; a missing one is not an error.
+func (f FAT) RemoveAll(dir string) error {
+	if err := f.mtools(nil, "mdir", "-b", "::/"+dir); err != nil {
+		if strings.Contains(err.Error(), "not found") {
+			return nil
+		}
+		return err
+	}
+	return f.mtools(nil, "mdeltree", "::/"+dir)
+}
+
+// MkdirAll makes dir and its parents.
+func (f FAT) MkdirAll(dir string) error {
+	parts := strings.Split(strings.Trim(dir, "/"), "/")
+	for i := range parts {
+		p := strings.Join(parts[:i+1], "/")
+		if err := f.mtools(nil, "mdir", "-b", "::/"+p); err == nil {
+			continue
+		}
+		if err := f.mtools(nil, "mmd", "::/"+p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// List gives the names in dir, sorted; nil when dir is missing.
+func (f FAT) List(dir string) ([]string, error) {
+	var out bytes.Buffer
+	if err := f.mtools(&out, "mdir", "-b", "::/"+dir); err != nil {
+		if strings.Contains(err.Error(), "not found") {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var names []string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if l = strings.TrimRight(l, "/"); l != "" {
+			names = append(names, l[strings.LastIndex(l, "/")+1:])
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Dir is a boot partition mounted at a directory (vfat on the device):
+// plain file operations, each write synced with its directory, so that
+// what the firmware reads after a power cut is what Replace promises.
+type Dir string
+
+func (d Dir) path(name string) string { return filepath.Join(string(d), filepath.FromSlash(name)) }
+
+// ReadFile reads a file.
+func (d Dir) ReadFile(name string) ([]byte, error) { return os.ReadFile(d.path(name)) }
+
+// WriteFile writes a file and syncs it and its directory.
+func (d Dir) WriteFile(name string, data []byte) error {
+	p := d.path(name)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(p))
+}
+
+// Rename renames a file and syncs its directory.
+func (d Dir) Rename(from, to string) error {
+	if err := os.Rename(d.path(from), d.path(to)); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(d.path(to)))
+}
+
+// Remove removes a file; a missing one is not an error.
+func (d Dir) Remove(name string) error {
+	if err := os.Remove(d.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(d.path(name)))
+}
+
+// RemoveAll removes a directory and its contents.
+func (d Dir) RemoveAll(dir string) error {
+	if err := os.RemoveAll(d.path(dir)); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(d.path(dir)))
+}
+
+// MkdirAll makes a directory and its parents.
+func (d Dir) MkdirAll(dir string) error { return os.MkdirAll(d.path(dir), 0o755) }
+
+// List gives the names in dir, sorted; nil when it is missing.
+func (d Dir) List(dir string) ([]string, error) {
+	ents, err := os.ReadDir(d.path(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names, nil
 }

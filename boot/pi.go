@@ -29,7 +29,7 @@ var ErrAutoboot = errors.New("boot: unreadable autoboot.txt")
 // with nothing to undo. Nothing the running slot boots from is written
 // but autoboot.txt, and that by Replace.
 type Pi struct {
-	Slots [2]FAT
+	Slots [2]Volume
 	// Cut, when set, is called between two writes: tests stop there, as
 	// a power cut would.
 	Cut func(step string)
@@ -117,7 +117,7 @@ func (p *Pi) Recover() error {
 	if _, err := ParseAutoboot(data); err != nil {
 		return p.Slots[0].Remove("autoboot.new") // cut while it was written
 	}
-	return p.Slots[0].Replace("autoboot.txt", data, p.cut)
+	return Replace(p.Slots[0], "autoboot.txt", data, p.cut)
 }
 
 // Stage writes a release's boot files and its cmdline.txt to the slot
@@ -161,7 +161,7 @@ func (p *Pi) Stage(files map[string][]byte, cmdline string) (int, error) {
 	}
 	p.cut("wrote cmdline.txt")
 	if st.Missing || st.Tryboot != slot {
-		if err := p.Slots[0].Replace("autoboot.txt", Autoboot(st.Active), p.cut); err != nil {
+		if err := Replace(p.Slots[0], "autoboot.txt", Autoboot(st.Active), p.cut); err != nil {
 			return 0, err
 		}
 		p.cut("wrote autoboot.txt")
@@ -177,7 +177,7 @@ func (p *Pi) Confirm(slot int) error {
 	if err := p.Recover(); err != nil {
 		return err
 	}
-	return p.Slots[0].Replace("autoboot.txt", Autoboot(slot), p.cut)
+	return Replace(p.Slots[0], "autoboot.txt", Autoboot(slot), p.cut)
 }
 
 // Firmware is what the Raspberry Pi firmware does at a reset, for

@@ -69,7 +69,7 @@ func piDisk(t *testing.T) string {
 }
 
 func piOf(img string) *boot.Pi {
-	return &boot.Pi{Slots: [2]boot.FAT{{Path: img, Offset: p1}, {Path: img, Offset: p2}}}
+	return &boot.Pi{Slots: [2]boot.Volume{boot.FAT{Path: img, Offset: p1}, boot.FAT{Path: img, Offset: p2}}}
 }
 
 // release is generation n's boot files: a kernel, a device tree, config.
