@@ -31,6 +31,9 @@ type Boot struct {
 	// if there is one.
 	Kernel string `json:"kernel"`
 	Initrd string `json:"initrd,omitempty"`
+	// Init is the NAR hash of ROOT/init (a symlink is hashed as one): a
+	// new init needs a tried boot as much as a new kernel does.
+	Init nix.Hash `json:"init"`
 }
 
 var (
@@ -89,6 +92,9 @@ func ReadBoot(root string) (*Boot, error) {
 	if b.NarHash, b.NarSize, err = nix.HashPath(dir); err != nil {
 		return nil, err
 	}
+	if b.Init, _, err = nix.HashPath(filepath.Join(root, "init")); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -101,12 +107,14 @@ func (b *Boot) Validate() error {
 		return fmt.Errorf("%w: boot.initrd %q", ErrConfig, b.Initrd)
 	case b.NarSize <= 0 || b.NarSize > MaxNarSize:
 		return fmt.Errorf("%w: boot.narSize %d", ErrConfig, b.NarSize)
+	case b.Init == nix.Hash{}:
+		return fmt.Errorf("%w: boot.init is missing", ErrConfig)
 	}
 	return nil
 }
 
 // NeedsReboot says whether going from the release old to next changes
-// the boot part: then the update is tried by a reboot into the other
+// the boot part or the init: then the update is tried by a reboot into the other
 // slot (docs/image.md §2) instead of an activation.
 func NeedsReboot(old, next *Config) bool {
 	switch {
@@ -115,7 +123,7 @@ func NeedsReboot(old, next *Config) bool {
 	case old == nil || old.Boot == nil:
 		return true
 	}
-	return old.Boot.NarHash != next.Boot.NarHash
+	return old.Boot.NarHash != next.Boot.NarHash || old.Boot.Init != next.Boot.Init
 }
 
 // Fits checks that the boot part fits a boot partition (or an ESP's

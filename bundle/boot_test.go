@@ -52,7 +52,8 @@ func TestBootPart(t *testing.T) {
 	}
 	defer b.Close()
 	want, size, _ := nix.HashPath(filepath.Join(store, nix.BaseName(c.Root), "boot"))
-	if bp := b.Config.Boot; bp == nil || bp.Kernel != "Image" || bp.Initrd != "initrd" || bp.NarHash != want || bp.NarSize != size {
+	init, _, _ := nix.HashPath(filepath.Join(store, nix.BaseName(c.Root), "init"))
+	if bp := b.Config.Boot; bp == nil || bp.Kernel != "Image" || bp.Initrd != "initrd" || bp.NarHash != want || bp.NarSize != size || bp.Init != init {
 		t.Fatalf("boot part %+v", b.Config.Boot)
 	}
 	raw, _ := b.RawConfigFile()
@@ -63,10 +64,12 @@ func TestBootPart(t *testing.T) {
 	// The same kernel: no reboot; another: a reboot; none before: a reboot.
 	same := *b.Config
 	changed := *b.Config
-	changed.Boot = &bundle.Boot{NarHash: nix.Hash{1}, NarSize: 1, Kernel: "Image"}
+	changed.Boot = &bundle.Boot{NarHash: nix.Hash{1}, NarSize: 1, Kernel: "Image", Init: b.Config.Boot.Init}
+	newInit := *b.Config
+	newInit.Boot = &bundle.Boot{NarHash: b.Config.Boot.NarHash, NarSize: 1, Kernel: "Image", Init: nix.Hash{2}}
 	noBoot := *b.Config
 	noBoot.Boot = nil
-	if bundle.NeedsReboot(b.Config, &same) || !bundle.NeedsReboot(b.Config, &changed) || !bundle.NeedsReboot(&noBoot, b.Config) || bundle.NeedsReboot(b.Config, &noBoot) {
+	if bundle.NeedsReboot(b.Config, &same) || !bundle.NeedsReboot(b.Config, &changed) || !bundle.NeedsReboot(&noBoot, b.Config) || bundle.NeedsReboot(b.Config, &noBoot) || !bundle.NeedsReboot(b.Config, &newInit) {
 		t.Fatal("NeedsReboot decides wrongly")
 	}
 	if err := b.Config.Boot.Fits(1 << 20); err != nil {

@@ -75,7 +75,7 @@ func FuzzParseConfig(f *testing.F) {
 	if len(seeds) > 0 {
 		if data, err := os.ReadFile(seeds[0]); err == nil {
 			if cfg, err := bundle.ParseConfig(data); err == nil {
-				cfg.Boot = &bundle.Boot{NarHash: cfg.Paths[0].NarHash, NarSize: 4096, Kernel: "Image", Initrd: "initrd"}
+				cfg.Boot = &bundle.Boot{NarHash: cfg.Paths[0].NarHash, NarSize: 4096, Kernel: "Image", Initrd: "initrd", Init: cfg.Paths[0].NarHash}
 				if b, err := cfg.Marshal(); err == nil {
 					f.Add(b)
 				}
