@@ -97,7 +97,7 @@ func (x *EFI) Entries() ([]Entry, error) {
 }
 
 // Stage copies generation n's kernel and initrd to /otter/N/ on the ESP
-// and writes its entry, last, with Tries tries left: the next reset tries
+// (initrd nil: none) and writes its entry, last, with Tries tries left: the next reset tries
 // it. options is the kernel command line; it must start n's init.
 func (x *EFI) Stage(n int, kernel, initrd []byte, title, options string) error {
 	if InitOf(options) == "" {
@@ -113,12 +113,16 @@ func (x *EFI) Stage(n int, kernel, initrd []byte, title, options string) error {
 		return err
 	}
 	x.cut("wrote the kernel")
-	if err := x.ESP.WriteFile(dir+"/initrd", initrd); err != nil {
-		return err
+	conf := fmt.Sprintf("title %s\nsort-key otter\nversion %d\nlinux /%s/linux\n", title, n, dir)
+	if initrd != nil {
+		if err := x.ESP.WriteFile(dir+"/initrd", initrd); err != nil {
+			return err
+		}
+		x.cut("wrote the initrd")
+		conf += fmt.Sprintf("initrd /%s/initrd\n", dir)
 	}
-	x.cut("wrote the initrd")
+	conf += fmt.Sprintf("options %s\n", strings.TrimSpace(options))
 	e := Entry{Generation: n, Counted: true, Left: Tries}
-	conf := fmt.Sprintf("title %s\nsort-key otter\nversion %d\nlinux /%s/linux\ninitrd /%s/initrd\noptions %s\n", title, n, dir, dir, strings.TrimSpace(options))
 	// The entry appears complete or not at all: written aside, renamed.
 	if err := x.ESP.WriteFile("loader/entries/otter.new", []byte(conf)); err != nil {
 		return err

@@ -23,7 +23,8 @@ var ErrFAT = errors.New("boot: FAT file system")
 type Volume interface {
 	// ReadFile reads a file; a missing one is os.ErrNotExist.
 	ReadFile(name string) ([]byte, error)
-	// WriteFile writes a file, replacing it; not atomic (see Replace).
+	// WriteFile writes a file, replacing it, and makes its directory;
+	// not atomic (see Replace).
 	WriteFile(name string, data []byte) error
 	// Rename renames a file, replacing to.
 	Rename(from, to string) error
@@ -96,6 +97,11 @@ func (f FAT) ReadFile(name string) ([]byte, error) {
 // atomic; only files no firmware is reading from are written this way
 // (see Replace).
 func (f FAT) WriteFile(name string, data []byte) error {
+	if i := strings.LastIndex(name, "/"); i > 0 {
+		if err := f.MkdirAll(name[:i]); err != nil {
+			return err
+		}
+	}
 	dir, err := os.MkdirTemp("", "otter-fat-")
 	if err != nil {
 		return err
@@ -179,6 +185,9 @@ func (d Dir) ReadFile(name string) ([]byte, error) { return os.ReadFile(d.path(n
 // WriteFile writes a file and syncs it and its directory.
 func (d Dir) WriteFile(name string, data []byte) error {
 	p := d.path(name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err

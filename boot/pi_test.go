@@ -75,9 +75,10 @@ func piOf(img string) *boot.Pi {
 // release is generation n's boot files: a kernel, a device tree, config.
 func release(n int) map[string][]byte {
 	return map[string][]byte{
-		"kernel8.img":         []byte(strings.Repeat(fmt.Sprintf("kernel %d ", n), 4096)),
-		"bcm2711-rpi-4-b.dtb": []byte(fmt.Sprintf("dtb %d", n)),
-		"config.txt":          []byte("arm_64bit=1\nkernel=kernel8.img\n"),
+		"kernel8.img":              []byte(strings.Repeat(fmt.Sprintf("kernel %d ", n), 4096)),
+		"bcm2711-rpi-4-b.dtb":      []byte(fmt.Sprintf("dtb %d", n)),
+		"config.txt":               []byte("arm_64bit=1\nkernel=kernel8.img\n"),
+		"overlays/disable-bt.dtbo": []byte("overlay"),
 	}
 }
 

@@ -67,6 +67,11 @@ type Config struct {
 	Nix         *nixdb.DB
 	NixProfile  string
 	NixOSSwitch string
+	// Boot, when set, is how this device boots its releases' own
+	// kernels and inits: each generation by its own entry or slot, and a
+	// new boot part or init tried by a reboot before it is trusted
+	// (docs/image.md §2). Nil: activation in place.
+	Boot *Boot
 }
 
 // Device is an opened device state; it holds the state lock.

@@ -49,7 +49,8 @@ func (d *Device) setPhase(j *journal, phase string) error {
 type Recovery struct {
 	Phase  string `json:"phase"`
 	Target string `json:"target"`
-	Action string `json:"action"` // discarded, rolled-back, completed
+	Action string `json:"action"` // discarded, rolled-back, completed; for a trial: trying, staged, boot-failed
+	Reason string `json:"reason,omitempty"`
 }
 
 // recover finishes or undoes an interrupted update so the device is on
@@ -58,6 +59,19 @@ type Recovery struct {
 // health check passed, current goes back to the old generation; after
 // it passed, the clean-up is finished.
 func (d *Device) recover(ctx context.Context) (*Recovery, error) {
+	rec, err := d.recoverJournal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Then a tried boot (docs/device.md §11).
+	trec, err := d.recoverTrial()
+	if err != nil || trec == nil {
+		return rec, err
+	}
+	return trec, nil
+}
+
+func (d *Device) recoverJournal(ctx context.Context) (*Recovery, error) {
 	d.removeLeftovers()
 	var j journal
 	ok, err := d.st.ReadJSON(state.Journal, &j)
@@ -96,6 +110,12 @@ func (d *Device) recover(ctx context.Context) (*Recovery, error) {
 			}
 			if j.From > 0 {
 				_ = d.activate(ctx, j.From) // the old release was working before
+			}
+		}
+		if d.c.Boot != nil {
+			// An activation's entry may have been written: it goes.
+			if err := d.unstage(j.To); err != nil {
+				return nil, err
 			}
 		}
 		if err := d.st.Drop(j.To); err != nil {

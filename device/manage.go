@@ -30,6 +30,11 @@ func (d *Device) gc(ctx context.Context) ([]string, error) {
 	for i := len(gens) - 1; i >= 0 && len(keep) < d.c.Keep; i-- {
 		keep[gens[i]] = true
 	}
+	// Boot entries of the generations that go, first: no entry may name
+	// a missing init.
+	if err := d.pruneBoot(keep); err != nil {
+		return nil, err
+	}
 	live := map[string]bool{}
 	var candidates []string // with Nix: the paths of the generations removed
 	for _, n := range gens {

@@ -63,6 +63,10 @@ type UpdateResult struct {
 	// release verified: it is halted, or its rollout has not reached this
 	// device. Not an error.
 	Hold *Hold `json:"hold,omitempty"`
+	// Reboot, when set, is the command that starts the tried boot of the
+	// staged generation To (its boot part or init changed, docs/image.md
+	// §2); otter confirm in that boot makes it permanent.
+	Reboot string `json:"reboot,omitempty"`
 }
 
 // Hold is why a verified release is not installed now.
@@ -153,6 +157,12 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	from, err := d.st.Current()
 	if err != nil {
+		return nil, err
+	}
+	if t, err := d.Trial(); err != nil || t != nil {
+		if err == nil {
+			err = fmt.Errorf("%w: generation %d (release %d) is staged; reboot into it, then otter confirm", ErrOnTrial, t.To, t.Version)
+		}
 		return nil, err
 	}
 	res := &UpdateResult{Target: digest.String(), From: from, To: from, Built: []string{}, Collected: []string{}}
@@ -321,6 +331,13 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	crashPoint("fetched")
 
 	newClosure := cfgClosure(cfg, target)
+	newCfg := cfg
+	if target != nil {
+		newCfg = target.Config
+	}
+	if err := d.checkBootPart(newCfg); err != nil {
+		return fail(err)
+	}
 	if err := d.nixCheck(ctx, newClosure); err != nil {
 		return fail(err)
 	}
@@ -380,6 +397,16 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.syncProfile(ctx); err != nil {
 		return fail(err)
 	}
+	// A new boot part or init is tried by a reboot, not activated.
+	if d.c.Boot != nil {
+		var old *bundle.Config
+		if installed != nil {
+			old = installed.Config
+		}
+		if bundle.NeedsReboot(old, newCfg) {
+			return d.stageTrial(j, res, stmt.Version)
+		}
+	}
 	if err := d.setPhase(j, phaseSwitch); err != nil {
 		return nil, err
 	}
@@ -397,6 +424,17 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	crashPoint("healthy")
 	if err := d.nixosCommit(ctx, to); err != nil {
 		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
+	}
+	if d.c.Boot != nil {
+		// The same kernel and init, activated: the next boot starts the
+		// new generation by its own entry (or slot).
+		slot, err := d.stage(to)
+		if err == nil {
+			err = d.confirmBoot(to, slot)
+		}
+		if err != nil {
+			return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: writing its boot entry: %v", ErrActivation, err))
+		}
 	}
 	if err := d.setPhase(j, phaseCommit); err != nil {
 		return nil, err
@@ -476,6 +514,11 @@ func ChooseMethod(method string, installed bool, patch *v1.Descriptor, layerByte
 func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResult, failed map[string]string, cause error) (*UpdateResult, error) {
 	if err := d.st.Switch(j.From); err != nil {
 		return nil, err
+	}
+	if d.c.Boot != nil {
+		if err := d.unstage(j.To); err != nil {
+			return nil, err
+		}
 	}
 	// Stopped (SIGTERM) or not, the old release is activated again.
 	ctx = context.WithoutCancel(ctx)

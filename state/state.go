@@ -45,6 +45,9 @@ const (
 	// Held names the release a staged rollout or a halt holds back, and
 	// until when: the agent's cheap check skips it until then.
 	Held = "held.json"
+	// Trial is a generation staged for a tried boot, until otter confirm
+	// (or the boot after a failed try) settles it.
+	Trial = "boot-trial.json"
 )
 
 // Dir is a state directory.
