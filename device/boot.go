@@ -1,0 +1,459 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/otter-fleet/otter/boot"
+	"github.com/otter-fleet/otter/bundle"
+	"github.com/otter-fleet/otter/state"
+)
+
+// Errors of tried boots (docs/image.md §2, docs/device.md §11).
+var (
+	ErrBootFailed = errors.New("device: the tried boot of the new release did not confirm; back on the previous release")
+	ErrOnTrial    = errors.New("device: a tried boot waits for otter confirm")
+)
+
+// Boot is how a device that boots its releases' own kernels and inits
+// boots them: every generation has its own boot entry (EFI) or slot
+// (Raspberry Pi), and an update whose boot part or init changed is
+// tried by a reboot before it is trusted. Nil keeps the fast path:
+// activation in place, for devices whose base system boots otherwise.
+type Boot struct {
+	// Loader is "efi" or "pi".
+	Loader string
+	// ESP is the EFI system partition (efi); Slots the two boot
+	// partitions (pi), the first holding autoboot.txt.
+	ESP   boot.Volume
+	Slots [2]boot.Volume
+	// Cmdline is the running kernel's command line (default
+	// /proc/cmdline): its init= says which generation booted.
+	Cmdline string
+	// Reboot is the command that reboots (default: reboot); Tryboot the
+	// one that reboots into a staged release (default: Reboot; on a Pi,
+	// reboot '0 tryboot', which boots the tryboot partition once).
+	Reboot, Tryboot []string
+	// BootID names this boot (default /proc/sys/kernel/random/boot_id):
+	// a trial staged in this boot has not been tried yet.
+	BootID string
+	// Size is the boot partition's size (pi) or the ESP's room for one
+	// more generation (efi), in bytes: a boot part larger is refused
+	// before anything is written. 0: not checked.
+	Size int64
+}
+
+// RebootCommand is the command that reboots.
+func (b *Boot) RebootCommand() []string {
+	if len(b.Reboot) > 0 {
+		return b.Reboot
+	}
+	return []string{"reboot"}
+}
+
+// TrybootCommand is the command that starts the tried boot.
+func (b *Boot) TrybootCommand() []string {
+	switch {
+	case len(b.Tryboot) > 0:
+		return b.Tryboot
+	case b.Loader == "pi":
+		return []string{"reboot", "0 tryboot"}
+	}
+	return b.RebootCommand()
+}
+
+func (b *Boot) bootID() (string, error) {
+	p := b.BootID
+	if p == "" {
+		p = "/proc/sys/kernel/random/boot_id"
+	}
+	data, err := os.ReadFile(p)
+	return strings.TrimSpace(string(data)), err
+}
+
+// Trial is a generation staged for a tried boot (state file
+// boot-trial.json).
+type Trial struct {
+	// Phase is "staging" while its boot files are written, "staged" once
+	// the next boot tries them, "failed" when its health check failed in
+	// the tried boot.
+	Phase   string `json:"phase"`
+	Target  string `json:"target"`
+	Version uint64 `json:"version"`
+	From    int    `json:"from"`
+	To      int    `json:"to"`
+	// Slot is the Raspberry Pi boot partition written (1 or 2).
+	Slot int `json:"slot,omitempty"`
+	// BootID is the boot that staged it: until the next boot it has not
+	// been tried.
+	BootID string `json:"bootId"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// initPath is the init= that boots generation n: its own root's init,
+// never through current.
+func (d *Device) initPath(n int) string {
+	return filepath.Join(d.st.Path("generations", strconv.Itoa(n)), "root", "init")
+}
+
+// Booted is the generation the running kernel started, by its
+// command line's init= (0: none of this state directory's).
+func (d *Device) Booted() (int, error) {
+	if d.c.Boot == nil {
+		return 0, nil
+	}
+	p := d.c.Boot.Cmdline
+	if p == "" {
+		p = "/proc/cmdline"
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	init := boot.InitOf(string(data))
+	rest, ok := strings.CutPrefix(init, d.st.Path("generations")+"/")
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(rest, "/root/init"))
+	if err != nil || n <= 0 || d.initPath(n) != init {
+		return 0, nil
+	}
+	return n, nil
+}
+
+// withInit is a kernel command line with its init= replaced (or added).
+func withInit(cmdline, init string) string {
+	var out []string
+	for _, f := range strings.Fields(cmdline) {
+		if !strings.HasPrefix(f, "init=") {
+			out = append(out, f)
+		}
+	}
+	return strings.Join(append(out, "init="+init), " ")
+}
+
+// options is the kernel command line a new entry of generation n gets:
+// the running one's, with n's init.
+func (d *Device) options(n int) (string, error) {
+	p := d.c.Boot.Cmdline
+	if p == "" {
+		p = "/proc/cmdline"
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	return withInit(strings.TrimSpace(string(data)), d.initPath(n)), nil
+}
+
+// checkBootPart refuses, before anything is written, a release this
+// device cannot boot: none (a device that boots its releases needs
+// their boot part), or one larger than the boot partition.
+func (d *Device) checkBootPart(cfg *bundle.Config) error {
+	if d.c.Boot == nil {
+		return nil
+	}
+	if cfg.Boot == nil {
+		return fmt.Errorf("%w: this device boots its releases (%s), and %s carries no boot part", bundle.ErrBootPart, d.c.Boot.Loader, cfg.Root)
+	}
+	if d.c.Boot.Size > 0 {
+		return cfg.Boot.Fits(d.c.Boot.Size)
+	}
+	return nil
+}
+
+// stage writes generation n's boot entry (efi) or slot (pi) from its
+// own boot part; it returns the Pi slot written.
+func (d *Device) stage(n int) (int, error) {
+	g, err := d.loadGeneration(n)
+	if err != nil {
+		return 0, err
+	}
+	bp := g.Config.Boot
+	if bp == nil {
+		return 0, fmt.Errorf("%w: generation %d has no boot part", bundle.ErrBootPart, n)
+	}
+	dir := filepath.Join(d.c.Store, filepath.Base(g.Root), "boot")
+	opts, err := d.options(n)
+	if err != nil {
+		return 0, err
+	}
+	switch d.c.Boot.Loader {
+	case "efi":
+		kernel, err := os.ReadFile(filepath.Join(dir, bp.Kernel))
+		if err != nil {
+			return 0, err
+		}
+		var initrd []byte
+		if bp.Initrd != "" {
+			if initrd, err = os.ReadFile(filepath.Join(dir, bp.Initrd)); err != nil {
+				return 0, err
+			}
+		}
+		x := &boot.EFI{ESP: d.c.Boot.ESP}
+		title := fmt.Sprintf("otter release %d (generation %d)", g.Release.Version, n)
+		return 0, x.Stage(n, kernel, initrd, title, opts)
+	case "pi":
+		files := map[string][]byte{}
+		err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() {
+				return err
+			}
+			rel, _ := filepath.Rel(dir, p)
+			if rel == "cmdline.txt" || rel == "autoboot.txt" {
+				return nil // otter writes these
+			}
+			data, err := os.ReadFile(p)
+			files[filepath.ToSlash(rel)] = data
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		return (&boot.Pi{Slots: d.c.Boot.Slots}).Stage(files, opts+"\n")
+	}
+	return 0, fmt.Errorf("device: boot loader %q: efi or pi", d.c.Boot.Loader)
+}
+
+// confirmBoot makes generation n's entry (or slot) the one that boots.
+func (d *Device) confirmBoot(n, slot int) error {
+	if d.c.Boot.Loader == "pi" {
+		return (&boot.Pi{Slots: d.c.Boot.Slots}).Confirm(slot)
+	}
+	return (&boot.EFI{ESP: d.c.Boot.ESP}).Confirm(n)
+}
+
+// unstage makes sure the next reset does not boot generation n: its EFI
+// entry goes; on a Pi, if the slot that boots names n, the other slot is
+// made the one that boots (a tryboot is tried once: an unconfirmed slot
+// needs nothing, and the next stage rewrites it).
+func (d *Device) unstage(n int) error {
+	if d.c.Boot.Loader == "efi" {
+		return (&boot.EFI{ESP: d.c.Boot.ESP}).Remove(n)
+	}
+	p := &boot.Pi{Slots: d.c.Boot.Slots}
+	st, err := p.State()
+	if err != nil {
+		return err
+	}
+	cmdline, err := p.Slots[st.Active-1].ReadFile("cmdline.txt")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if boot.InitOf(string(cmdline)) == d.initPath(n) {
+		return p.Confirm(3 - st.Active)
+	}
+	return nil
+}
+
+// pruneBoot removes the EFI entries of generations no longer kept; run
+// before gc removes the generations, so that no entry names a missing
+// init.
+func (d *Device) pruneBoot(keep map[int]bool) error {
+	if d.c.Boot == nil || d.c.Boot.Loader != "efi" {
+		return nil
+	}
+	x := &boot.EFI{ESP: d.c.Boot.ESP}
+	es, err := x.Entries()
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		if !keep[e.Generation] {
+			if err := x.Remove(e.Generation); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Trial is the tried boot waiting for otter confirm, if any.
+func (d *Device) Trial() (*Trial, error) {
+	var t Trial
+	ok, err := d.st.ReadJSON(state.Trial, &t)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// stageTrial ends an update whose boot part or init changed: generation
+// to is written to the inactive slot (or a new entry with tries left),
+// and the device is to reboot into it. current still names the old
+// generation; otter confirm, in the tried boot, switches it.
+func (d *Device) stageTrial(j *journal, res *UpdateResult, version uint64) (*UpdateResult, error) {
+	id, err := d.c.Boot.bootID()
+	if err != nil {
+		return nil, err
+	}
+	t := &Trial{Phase: "staging", Target: j.Target, Version: version, From: j.From, To: j.To, BootID: id}
+	if err := d.st.WriteJSON(state.Trial, t); err != nil {
+		return nil, err
+	}
+	if err := d.st.Remove(state.Journal); err != nil {
+		return nil, err
+	}
+	crashPoint("trial-staging")
+	slot, err := d.stage(j.To)
+	if err != nil {
+		err = noSpace(err)
+		if uerr := d.abandonTrial(t, "interrupted", "staging the boot files failed: "+err.Error()); uerr != nil {
+			return nil, errors.Join(err, uerr)
+		}
+		return res, err
+	}
+	crashPoint("trial-written")
+	t.Phase, t.Slot = "staged", slot
+	if err := d.st.WriteJSON(state.Trial, t); err != nil {
+		return nil, err
+	}
+	crashPoint("trial-staged")
+	res.To, res.Reboot = j.To, strings.Join(d.c.Boot.TrybootCommand(), " ")
+	return res, d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.To, Result: "staged",
+		Reason: fmt.Sprintf("generation %d is staged for a tried boot; reboot, then otter confirm", j.To)})
+}
+
+// abandonTrial undoes a trial that will not boot: its entry, its
+// generation, the trial file; and records result.
+func (d *Device) abandonTrial(t *Trial, result, reason string) error {
+	if err := d.unstage(t.To); err != nil {
+		return err
+	}
+	if err := d.st.Drop(t.To); err != nil {
+		return err
+	}
+	if err := d.syncProfile(context.Background()); err != nil {
+		return err
+	}
+	if result == "rolled-back" {
+		failed := map[string]string{}
+		if _, err := d.st.ReadJSON(state.Failed, &failed); err != nil {
+			return err
+		}
+		failed[t.Target] = reason
+		if err := d.st.WriteJSON(state.Failed, failed); err != nil {
+			return err
+		}
+	}
+	if err := d.record(Outcome{Action: "update", Target: t.Target, From: t.From, To: t.From, Result: result, Reason: reason}); err != nil {
+		return err
+	}
+	return d.st.Remove(state.Trial)
+}
+
+// recoverTrial settles a trial at Open: the tried boot running now is
+// left for otter confirm; any other boot after a staged trial means the
+// tried boot failed (a panic, a hang, a failed health check) and the
+// firmware came back on the previous release: the release is recorded
+// as failed. A trial cut while staging is undone.
+func (d *Device) recoverTrial() (*Recovery, error) {
+	t, err := d.Trial()
+	if err != nil || t == nil || d.c.Boot == nil {
+		return nil, err
+	}
+	booted, err := d.Booted()
+	if err != nil {
+		return nil, err
+	}
+	id, err := d.c.Boot.bootID()
+	if err != nil {
+		return nil, err
+	}
+	rec := &Recovery{Phase: "trial-" + t.Phase, Target: t.Target}
+	switch {
+	case booted == t.To && t.Phase != "failed":
+		rec.Action = "trying"
+		return rec, nil
+	case id == t.BootID && t.Phase == "staged":
+		rec.Action = "staged" // not rebooted yet
+		return rec, nil
+	case t.Phase == "staging":
+		rec.Action = "discarded"
+		return rec, d.abandonTrial(t, "interrupted", fmt.Sprintf("interrupted while staging generation %d's boot files; still on generation %d", t.To, t.From))
+	}
+	rec.Action = "boot-failed"
+	reason := t.Reason
+	if reason == "" {
+		reason = fmt.Sprintf("the tried boot of release %d (generation %d) did not confirm; the device came back on generation %d", t.Version, t.To, booted)
+	}
+	rec.Reason = reason
+	return rec, d.abandonTrial(t, "rolled-back", reason)
+}
+
+// ConfirmResult says what otter confirm did.
+type ConfirmResult struct {
+	// Confirmed is the generation made permanent (0: nothing to
+	// confirm).
+	Confirmed int      `json:"confirmed"`
+	Target    string   `json:"target,omitempty"`
+	Version   uint64   `json:"version,omitempty"`
+	Booted    int      `json:"booted"`
+	Collected []string `json:"collected"`
+	// Reboot, when set, is the command to run now: the tried boot
+	// failed its health check and the previous release boots next.
+	Reboot string `json:"reboot,omitempty"`
+}
+
+// Confirm runs in a tried boot: after the health check passes, the
+// generation booted becomes the one that boots (the Pi's autoboot.txt
+// replaced, the EFI entry's counter dropped) and current names it. A
+// failed health check records the release as failed and leaves it to
+// the reboot the result names. With no trial running, nothing is done.
+func (d *Device) Confirm(ctx context.Context, rec *Recovery) (*ConfirmResult, error) {
+	res := &ConfirmResult{Collected: []string{}}
+	if rec != nil && rec.Action == "boot-failed" {
+		return res, fmt.Errorf("%w: %s", ErrBootFailed, rec.Reason)
+	}
+	if d.c.Boot == nil {
+		return res, nil
+	}
+	var err error
+	if res.Booted, err = d.Booted(); err != nil {
+		return nil, err
+	}
+	t, err := d.Trial()
+	if err != nil || t == nil || t.To != res.Booted {
+		return res, err
+	}
+	res.Target, res.Version = t.Target, t.Version
+	if err := d.healthCheck(ctx, t.To); err != nil {
+		cause := fmt.Errorf("%w: %v", ErrHealthCheck, err)
+		t.Phase, t.Reason = "failed", fmt.Sprintf("the tried boot of release %d (generation %d) failed its health check: %v", t.Version, t.To, err)
+		// The entry goes now, so that the reset boots the previous one;
+		// the rest when that boot's otter opens the state.
+		if err := d.unstage(t.To); err != nil {
+			return nil, errors.Join(cause, err)
+		}
+		if err := d.st.WriteJSON(state.Trial, t); err != nil {
+			return nil, errors.Join(cause, err)
+		}
+		if err := d.record(Outcome{Action: "confirm", Target: t.Target, From: t.From, To: t.From, Result: "rolled-back", Reason: t.Reason}); err != nil {
+			return nil, errors.Join(cause, err)
+		}
+		res.Reboot = strings.Join(d.c.Boot.RebootCommand(), " ")
+		return res, cause
+	}
+	if err := d.confirmBoot(t.To, t.Slot); err != nil {
+		return nil, err
+	}
+	crashPoint("confirmed")
+	if err := d.st.Switch(t.To); err != nil {
+		return nil, err
+	}
+	if res.Collected, err = d.gc(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.record(Outcome{Action: "confirm", Target: t.Target, From: t.From, To: t.To, Result: "ok"}); err != nil {
+		return nil, err
+	}
+	res.Confirmed = t.To
+	return res, d.st.Remove(state.Trial)
+}
