@@ -15,6 +15,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/otter-fleet/otter/boot"
+	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/yamlfile"
 	"github.com/otter-fleet/otter/oci"
 )
@@ -63,8 +65,61 @@ type Config struct {
 	// Status is the Prometheus text file the agent writes after every
 	// attempt (node_exporter's textfile collector directory).
 	Status string `yaml:"status"`
+	// Boot, when its loader is set, makes the device boot its releases'
+	// own kernels and inits, trying each new one (docs/image.md §2).
+	Boot BootConfig `yaml:"boot"`
 
 	file *yamlfile.File
+}
+
+// BootConfig is how a device boots its releases (docs/device.md §11).
+type BootConfig struct {
+	// Loader is efi or pi; empty: releases are activated in place.
+	Loader string `yaml:"loader"`
+	// ESP is the EFI system partition (efi); Slots the two boot
+	// partitions (pi), the first holding autoboot.txt. Each is a mount
+	// point, or a block device or image file, PATH[@OFFSET].
+	ESP   string   `yaml:"esp"`
+	Slots []string `yaml:"slots"`
+	// Reboot and Tryboot are shell commands: a reboot, and the reboot
+	// into a staged release (default: reboot; on a Pi, reboot '0 tryboot').
+	Reboot  string `yaml:"reboot"`
+	Tryboot string `yaml:"tryboot"`
+}
+
+// Device is the device's boot configuration (nil: none).
+func (b BootConfig) Device() (*device.Boot, error) {
+	if b.Loader == "" {
+		return nil, nil
+	}
+	db := &device.Boot{Loader: b.Loader, Reboot: shell(b.Reboot), Tryboot: shell(b.Tryboot)}
+	var err error
+	switch b.Loader {
+	case "efi":
+		db.ESP, err = boot.OpenVolume(b.ESP)
+	case "pi":
+		if len(b.Slots) != 2 {
+			return nil, fmt.Errorf("pi: two boot partitions, got %d", len(b.Slots))
+		}
+		for i, s := range b.Slots {
+			if db.Slots[i], err = boot.OpenVolume(s); err != nil {
+				break
+			}
+		}
+	default:
+		return nil, fmt.Errorf("loader %q: efi or pi", b.Loader)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return db, nil
+}
+
+func shell(cmd string) []string {
+	if cmd == "" {
+		return nil
+	}
+	return []string{"/bin/sh", "-c", cmd}
 }
 
 // Schedule is when the agent polls.
@@ -179,6 +234,9 @@ func (c *Config) validate() error {
 		if _, err := oci.NewMirrors(c.Mirrors, c.Insecure, c.MirrorStall.Duration); err != nil {
 			return c.fieldErr("mirrors", "%v", err)
 		}
+	}
+	if _, err := c.Boot.Device(); err != nil {
+		return c.fieldErr("boot", "%v", err)
 	}
 	for i, p := range c.Inhibit {
 		if !strings.HasPrefix(p, "/") {

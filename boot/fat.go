@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
@@ -247,4 +248,29 @@ func (d Dir) List(dir string) ([]string, error) {
 		names = append(names, e.Name())
 	}
 	return names, nil
+}
+
+// OpenVolume opens a boot partition by the name a device config gives
+// it: a directory is a mounted partition (Dir); anything else is a
+// block device or image file holding FAT, at the byte offset after an @
+// (FAT, with mtools).
+func OpenVolume(spec string) (Volume, error) {
+	if spec == "" {
+		return nil, fmt.Errorf("%w: no partition named", ErrFAT)
+	}
+	if fi, err := os.Stat(spec); err == nil && fi.IsDir() {
+		return Dir(spec), nil
+	}
+	path, off := spec, int64(0)
+	if i := strings.LastIndex(spec, "@"); i > 0 {
+		n, err := strconv.ParseInt(spec[i+1:], 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%w: %q: PATH or PATH@OFFSET (bytes)", ErrFAT, spec)
+		}
+		path, off = spec[:i], n
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFAT, err)
+	}
+	return FAT{Path: path, Offset: off}, nil
 }

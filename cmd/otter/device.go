@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -41,6 +44,13 @@ func deviceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "nix", Value: "auto", Usage: "register paths with Nix's database and root generations in a Nix profile: auto (when STORE/../var/nix/db exists), on or off"},
 		&cli.StringFlag{Name: "nix-profile", Usage: "the Nix profile otter's generations are generations of (default STORE/../var/nix/profiles/otter)"},
 		&cli.StringFlag{Name: "nixos-switch", Value: "boot", Usage: "for a NixOS release, what switch-to-configuration does once it is healthy: boot or switch"},
+		&cli.StringFlag{Name: "boot-loader", Usage: "efi or pi: boot each release's own kernel and init, trying new ones by a reboot (docs/image.md §2); empty: activate in place"},
+		&cli.StringFlag{Name: "esp", Usage: "the EFI system partition (--boot-loader efi): a mount point, or a block device or image file PATH[@OFFSET]"},
+		&cli.StringSliceFlag{Name: "boot-slot", Usage: "a Raspberry Pi boot partition (--boot-loader pi), twice: partition 1 (with autoboot.txt), then 2"},
+		&cli.StringFlag{Name: "reboot-command", Usage: "shell command that reboots (default: reboot)"},
+		&cli.StringFlag{Name: "tryboot-command", Usage: "shell command that reboots into a staged release (default: reboot; on a Pi, reboot '0 tryboot')"},
+		&cli.StringFlag{Name: "boot-cmdline", Value: "/proc/cmdline", Usage: "the running kernel's command line", Hidden: true},
+		&cli.StringFlag{Name: "boot-id", Value: "/proc/sys/kernel/random/boot_id", Usage: "this boot's id", Hidden: true},
 	)
 }
 
@@ -68,6 +78,10 @@ type deviceOpts struct {
 	at        time.Time // zero: now
 	// nix is auto, on or off; nixProfile and nixosSwitch as device.Config.
 	nix, nixProfile, nixosSwitch string
+	// boot is how the device boots its releases; cmdline and bootID the
+	// files that say which boot this is.
+	boot            agent.BootConfig
+	cmdline, bootID string
 	// file is the device config file read, if any.
 	file *agent.Config
 }
@@ -80,6 +94,9 @@ func deviceOptsFrom(c *cli.Context) (deviceOpts, error) {
 		mirrors: c.StringSlice("mirror"), mirrorStall: c.Duration("mirror-stall"),
 		machineID: c.String("machine-id"),
 		noFsync:   c.Bool("no-fsync"), nix: c.String("nix"), nixProfile: c.String("nix-profile"), nixosSwitch: c.String("nixos-switch"),
+		boot: agent.BootConfig{Loader: c.String("boot-loader"), ESP: c.String("esp"), Slots: c.StringSlice("boot-slot"),
+			Reboot: c.String("reboot-command"), Tryboot: c.String("tryboot-command")},
+		cmdline: c.String("boot-cmdline"), bootID: c.String("boot-id"),
 	}
 	if s := c.String("wariness"); s != "" {
 		w, err := strconv.ParseFloat(s, 64)
@@ -136,6 +153,11 @@ func (o *deviceOpts) fromConfigFile(c *cli.Context) error {
 	take("mirror-stall", func() { o.mirrorStall = cfg.MirrorStall.Duration })
 	take("wariness", func() { o.wariness = cfg.Wariness })
 	take("machine-id", func() { o.machineID = cfg.MachineID })
+	take("boot-loader", func() { o.boot.Loader = cfg.Boot.Loader })
+	take("esp", func() { o.boot.ESP = cfg.Boot.ESP })
+	take("boot-slot", func() { o.boot.Slots = cfg.Boot.Slots })
+	take("reboot-command", func() { o.boot.Reboot = cfg.Boot.Reboot })
+	take("tryboot-command", func() { o.boot.Tryboot = cfg.Boot.Tryboot })
 	return nil
 }
 
@@ -160,6 +182,9 @@ func (o deviceOpts) validate() error {
 	case o.nixosSwitch != "boot" && o.nixosSwitch != "switch":
 		return usageErrorf("--nixos-switch %q: boot or switch", o.nixosSwitch)
 	}
+	if _, err := o.boot.Device(); err != nil {
+		return usageErrorf("--boot-loader: %v", err)
+	}
 	return nil
 }
 
@@ -179,6 +204,14 @@ func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 		cfg.IO = append(cfg.IO, oci.WithMirrors(m))
 	}
 	cfg.Wariness = o.warinessFunc()
+	b, err := o.boot.Device()
+	if err != nil {
+		return cfg, usageErrorf("--boot-loader: %v", err)
+	}
+	if b != nil {
+		b.Cmdline, b.BootID = o.cmdline, o.bootID
+		cfg.Boot = b
+	}
 	if !o.at.IsZero() {
 		at := o.at
 		cfg.Now = func() time.Time { return at }
@@ -235,7 +268,15 @@ func openDevice(ctx context.Context, o deviceOpts, u *ui, needTrust bool) (*devi
 	if err != nil {
 		return nil, nil, err
 	}
-	if rec != nil {
+	switch {
+	case rec == nil:
+	case rec.Action == "boot-failed":
+		u.info("the tried boot of %s failed: %s", rec.Target, rec.Reason)
+	case rec.Action == "trying":
+		u.info("this is the tried boot of %s: otter confirm makes it permanent", rec.Target)
+	case rec.Action == "staged":
+		u.info("%s is staged: the next reboot tries it", rec.Target)
+	default:
 		u.info("recovered an interrupted update of %s (phase %s): %s", rec.Target, rec.Phase, rec.Action)
 	}
 	return d, rec, nil
@@ -268,11 +309,14 @@ type updateOpts struct {
 	device deviceOpts
 	retry  bool
 	method string // "", patch or layers
+	// reboot runs the tryboot command once a release is staged for a
+	// tried boot.
+	reboot bool
 }
 
 func updateOptsFrom(c *cli.Context) (updateOpts, error) {
 	d, err := deviceOptsFrom(c)
-	o := updateOpts{device: d, retry: c.Bool("retry"), method: c.String("method")}
+	o := updateOpts{device: d, retry: c.Bool("retry"), method: c.String("method"), reboot: c.Bool("reboot")}
 	if err != nil {
 		return o, err
 	}
@@ -302,7 +346,8 @@ and on failure the device switches back and records why (otter status).
 An interrupted update is finished or undone by the next otter command.`,
 		Flags: append(deviceFlags(),
 			&cli.BoolFlag{Name: "retry", Usage: "install a release that failed its health check here before"},
-			&cli.StringFlag{Name: "method", Value: "auto", Usage: "auto (the smaller download), patch (fail without a signed patch) or layers"}),
+			&cli.StringFlag{Name: "method", Value: "auto", Usage: "auto (the smaller download), patch (fail without a signed patch) or layers"},
+			&cli.BoolFlag{Name: "reboot", Usage: "with --boot-loader: once a new kernel or init is staged, reboot into it (the tryboot command)"}),
 		Action: func(c *cli.Context) error {
 			o, err := updateOptsFrom(c)
 			if err != nil {
@@ -341,7 +386,7 @@ func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
 	if err != nil {
 		return err
 	}
-	return u.result(res, func(w io.Writer) {
+	err = u.result(res, func(w io.Writer) {
 		if res.UpToDate {
 			fmt.Fprintf(w, "up to date: release %d (%s), generation %d\n", res.Version, res.Target, res.From)
 			return
@@ -350,10 +395,88 @@ func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
 			fmt.Fprintf(w, "staying on generation %d: %s\n", res.From, res.Hold.Message)
 			return
 		}
+		if res.Reboot != "" {
+			fmt.Fprintf(w, "staged release %d (%s) as generation %d for a tried boot: %s, then otter confirm\n", res.Version, res.Target, res.To, res.Reboot)
+			fmt.Fprintf(w, "  by %s: %s to download, %s transferred\n", res.Method, humanBytes(res.Download), humanBytes(res.Transferred))
+			return
+		}
 		fmt.Fprintf(w, "updated to release %d (%s): generation %d -> %d\n", res.Version, res.Target, res.From, res.To)
 		fmt.Fprintf(w, "  by %s: %s to download, %s transferred; %d store paths built, %d collected\n",
 			res.Method, humanBytes(res.Download), humanBytes(res.Transferred), len(res.Built), len(res.Collected))
 	})
+	if err != nil || res.Reboot == "" || !o.reboot {
+		return err
+	}
+	d.Close() // the lock goes before the machine does
+	return reboot(ctx, d.Config().Boot.TrybootCommand(), u)
+}
+
+// reboot runs a reboot command; it returns if the command does (a
+// systemd reboot is asynchronous).
+func reboot(ctx context.Context, argv []string, u *ui) error {
+	u.info("rebooting: %s", strings.Join(argv, " "))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("the reboot command %q: %w", strings.Join(argv, " "), err)
+	}
+	return nil
+}
+
+func confirmCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "confirm",
+		Usage: "in the tried boot of a new release: run the health check and make the release the one that boots",
+		Description: `Run by the boot that tries a staged release (otter update on a device with
+--boot-loader), after the system is up: the health check runs, and if it
+passes the release becomes the one the device boots (the Pi's autoboot.txt
+is replaced; the EFI entry's try counter is dropped) and current names it.
+If it fails, the release is recorded as failed and the entry goes: the next
+reset boots the previous release (--reboot resets now). In a boot after a
+tried boot that never confirmed (a panic, a hang the watchdog ended), it
+reports that release as failed (exit 22). Otherwise it does nothing.`,
+		Flags: append(deviceFlags(),
+			&cli.BoolFlag{Name: "reboot", Usage: "reboot at once when the tried boot failed its health check"}),
+		Action: func(c *cli.Context) error {
+			o, err := deviceOptsFrom(c)
+			if err != nil {
+				return err
+			}
+			if c.NArg() != 0 {
+				return usageErrorf("confirm takes no arguments, got %q", c.Args().Slice())
+			}
+			return runConfirm(c.Context, o, c.Bool("reboot"), newUI(c))
+		},
+	}
+}
+
+func runConfirm(ctx context.Context, o deviceOpts, rebootNow bool, u *ui) error {
+	d, rec, err := openDevice(ctx, o, u, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	res, cerr := d.Confirm(ctx, rec)
+	if res == nil {
+		return cerr
+	}
+	err = u.result(res, func(w io.Writer) {
+		switch {
+		case res.Confirmed > 0:
+			fmt.Fprintf(w, "confirmed release %d (%s): generation %d boots from now on\n", res.Version, res.Target, res.Confirmed)
+		case cerr != nil:
+		default:
+			fmt.Fprintf(w, "nothing to confirm (booted generation %d)\n", res.Booted)
+		}
+	})
+	if cerr != nil {
+		if res.Reboot != "" && rebootNow {
+			d.Close()
+			return errors.Join(cerr, reboot(ctx, d.Config().Boot.RebootCommand(), u))
+		}
+		return cerr
+	}
+	return err
 }
 
 func statusCommand() *cli.Command {

@@ -49,10 +49,10 @@ const (
 	exitPatchBase    = 20 // a patch for another base release
 	exitPatchInvalid = 21 // a truncated, corrupt, tampered or oversized patch, or one that does not build the target
 	// Device refusals (docs/device.md).
-	exitRolledBack  = 22  // the new release failed activation or its health check; the device is back on the old one
+	exitRolledBack  = 22  // the new release failed activation, its health check or its tried boot; the device is back on the old one
 	exitKnownBad    = 23  // the release failed its health check here before (--retry installs it)
 	exitNoSpace     = 24  // not enough free space for the update; nothing changed
-	exitBusy        = 25  // another otter holds the device state
+	exitBusy        = 25  // another otter holds the device state, or a tried boot waits for otter confirm
 	exitInterrupted = 130 // interrupted (Ctrl-C or SIGTERM)
 )
 
@@ -133,11 +133,11 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, image.ErrTooSmall), errors.Is(err, image.ErrBootFiles):
 		return exitInvalid
-	case errors.Is(err, device.ErrHealthCheck), errors.Is(err, device.ErrActivation):
+	case errors.Is(err, device.ErrHealthCheck), errors.Is(err, device.ErrActivation), errors.Is(err, device.ErrBootFailed):
 		return exitRolledBack
 	case errors.Is(err, device.ErrKnownBad):
 		return exitKnownBad
-	case errors.Is(err, device.ErrBusy), errors.Is(err, nixdb.ErrBusy):
+	case errors.Is(err, device.ErrBusy), errors.Is(err, nixdb.ErrBusy), errors.Is(err, device.ErrOnTrial):
 		return exitBusy
 	case errors.Is(err, nixdb.ErrConflict):
 		return exitIntegrity

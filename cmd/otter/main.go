@@ -78,6 +78,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			diffCommand(),
 			applyCommand(),
 			updateCommand(),
+			confirmCommand(),
 			agentCommand(),
 			statusCommand(),
 			rollbackCommand(),

@@ -41,7 +41,7 @@ var sentinels = map[string]error{
 	"delta.ErrPatchDigest": delta.ErrPatchDigest, "delta.ErrBaseMismatch": delta.ErrBaseMismatch, "delta.ErrTargetMismatch": delta.ErrTargetMismatch,
 	"device.ErrBusy": device.ErrBusy, "device.ErrHealthCheck": device.ErrHealthCheck, "device.ErrActivation": device.ErrActivation, "device.ErrKnownBad": device.ErrKnownBad,
 	"device.ErrNoSpace": device.ErrNoSpace, "device.ErrNoPrevious": device.ErrNoPrevious, "device.ErrState": device.ErrState, "device.ErrNoPatch": device.ErrNoPatch,
-	"device.ErrNoWariness": device.ErrNoWariness, "sign.ErrHaltNotYet": sign.ErrHaltNotYet,
+	"device.ErrNoWariness": device.ErrNoWariness, "device.ErrBootFailed": device.ErrBootFailed, "device.ErrOnTrial": device.ErrOnTrial, "sign.ErrHaltNotYet": sign.ErrHaltNotYet,
 	"image.ErrTooSmall": image.ErrTooSmall, "image.ErrBootFiles": image.ErrBootFiles, "image.ErrUnknownBoard": image.ErrUnknownBoard, "image.ErrTool": image.ErrTool,
 	"nix.ErrNotClosed": nix.ErrNotClosed, "nix.ErrNotInClosure": nix.ErrNotInClosure, "nix.ErrStorePath": nix.ErrStorePath, "nix.ErrNARFormat": nix.ErrNARFormat, "nix.ErrHashFormat": nix.ErrHashFormat,
 	"oci.ErrNotFound": oci.ErrNotFound, "oci.ErrUnauthorized": oci.ErrUnauthorized, "oci.ErrRef": oci.ErrRef, "oci.ErrTooLarge": oci.ErrTooLarge,
