@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"time"
@@ -84,6 +85,9 @@ type Agent struct {
 	Boot time.Time
 	// Inhibit is how often an inhibit file is looked at again.
 	InhibitPoll time.Duration
+	// Reboot runs a reboot command (the device's boot config gives it);
+	// tests replace it.
+	Reboot func(ctx context.Context, argv []string) error
 }
 
 // Attempt is how one poll ended.
@@ -137,6 +141,43 @@ func (a *Agent) defaults() {
 	if a.Device.Now == nil {
 		a.Device.Now = a.Now
 	}
+	if a.Reboot == nil {
+		a.Reboot = func(ctx context.Context, argv []string) error {
+			cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+			cmd.Stdout, cmd.Stderr = a.Log, a.Log
+			return cmd.Run()
+		}
+	}
+}
+
+// Confirm settles a tried boot when the agent starts: in the boot that
+// tries a staged release, otter confirm's health check and
+// confirmation; in the boot after one that never confirmed, the failed
+// release is recorded (and counted as a rollback). A tried boot that
+// fails its health check reboots into the previous release.
+func (a *Agent) Confirm(ctx context.Context) (*device.ConfirmResult, error) {
+	a.defaults()
+	d, rec, err := device.Open(ctx, a.Device)
+	if err != nil {
+		return nil, err
+	}
+	res, err := d.Confirm(ctx, rec)
+	d.Close()
+	switch {
+	case err != nil:
+		fmt.Fprintf(a.Log, "otter agent: %v\n", err)
+		if c, lerr := a.load(); lerr == nil {
+			c.Rollbacks++
+			c.LastError = err.Error()
+			_ = a.save(c)
+		}
+		if res != nil && res.Reboot != "" && a.Device.Boot != nil {
+			return res, errors.Join(err, a.Reboot(ctx, a.Device.Boot.RebootCommand()))
+		}
+	case res.Confirmed > 0:
+		fmt.Fprintf(a.Log, "otter agent: confirmed release %d (%s), generation %d\n", res.Version, res.Target, res.Confirmed)
+	}
+	return res, err
 }
 
 // Run polls until ctx is done: the first poll at Schedule.First, each
@@ -148,6 +189,11 @@ func (a *Agent) Run(ctx context.Context, once bool) error {
 	failures := 0
 	if c, err := a.load(); err == nil {
 		failures = c.Failures
+	}
+	if a.Device.Boot != nil {
+		if _, err := a.Confirm(ctx); err != nil && once {
+			return err
+		}
 	}
 	at := a.Config.Schedule.First(a.Now(), a.Boot, a.Rand)
 	if once {
@@ -168,6 +214,11 @@ func (a *Agent) Run(ctx context.Context, once bool) error {
 			failures++
 		} else {
 			failures = 0
+		}
+		if att.Err == nil && att.Result != nil && att.Result.Reboot != "" && a.Device.Boot != nil {
+			// Staged for a tried boot: the agent in that boot confirms it.
+			fmt.Fprintf(a.Log, "otter agent: rebooting to try release %d\n", att.Result.Version)
+			return a.Reboot(ctx, a.Device.Boot.TrybootCommand())
 		}
 		if once {
 			return att.Err
@@ -232,6 +283,8 @@ func (a *Agent) Attempt(ctx context.Context) Attempt {
 		fmt.Fprintf(a.Log, "otter agent: %s: up to date\n", a.Ref)
 	case att.Result.Hold != nil:
 		fmt.Fprintf(a.Log, "otter agent: %s: %s\n", a.Ref, att.Result.Hold.Message)
+	case att.Result.Reboot != "":
+		fmt.Fprintf(a.Log, "otter agent: staged release %d (%s) for a tried boot by %s, %d bytes\n", att.Result.Version, att.Result.Target, att.Result.Method, att.Result.Transferred)
 	default:
 		fmt.Fprintf(a.Log, "otter agent: updated to release %d (%s) by %s, %d bytes\n", att.Result.Version, att.Result.Target, att.Result.Method, att.Result.Transferred)
 	}

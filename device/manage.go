@@ -149,6 +149,11 @@ type Status struct {
 	// Expired says the installed release's signed statement has expired:
 	// unless the registry serves a fresher one, update refuses it (13).
 	Expired bool `json:"expired"`
+	// Trial is the release staged for a tried boot, or being tried, and
+	// Booted the generation the running kernel started (devices with a
+	// boot loader).
+	Trial  *Trial `json:"trial,omitempty"`
+	Booted int    `json:"booted,omitempty"`
 }
 
 // Status reads the device state.
@@ -198,6 +203,12 @@ func (d *Device) Status() (*Status, error) {
 		if strings.HasSuffix(e.Name(), ".part") {
 			s.Downloads = append(s.Downloads, e.Name())
 		}
+	}
+	if s.Trial, err = d.Trial(); err != nil {
+		return nil, err
+	}
+	if s.Booted, err = d.Booted(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
