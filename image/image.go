@@ -24,6 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/otter-fleet/otter/boot"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/internal/fsutil"
 	"github.com/otter-fleet/otter/nix"
@@ -57,28 +58,63 @@ type Board struct {
 	// ConfigTxt is the config.txt for the kernel file found, if any.
 	ConfigTxt func(kernel string) string
 	Kernels   []string
+	// Console is the kernel command line's console= part.
+	Console string
 }
 
 // Boards otter knows.
 var Boards = map[string]Board{
 	"rpi4": {
-		Name: "rpi4", AB: true, Kernels: []string{"kernel8.img", "Image"},
+		Name: "rpi4", AB: true, Console: "console=serial0,115200 console=tty1", Kernels: []string{"kernel8.img", "Image"},
 		Required: [][]string{{"start4.elf"}, {"fixup4.dat"}, {"bcm2711-rpi-4-b.dtb"}, {"kernel8.img", "Image"}},
 		ConfigTxt: func(k string) string {
 			return "# otter: Raspberry Pi 4, aarch64\narm_64bit=1\nkernel=" + k + "\nenable_uart=1\ndisable_overscan=1\n"
 		},
 	},
 	"rpi5": {
-		Name: "rpi5", AB: true, Kernels: []string{"kernel_2712.img", "kernel8.img", "Image"},
+		Name: "rpi5", AB: true, Console: "console=serial0,115200 console=tty1", Kernels: []string{"kernel_2712.img", "kernel8.img", "Image"},
 		Required: [][]string{{"bcm2712-rpi-5-b.dtb"}, {"kernel_2712.img", "kernel8.img", "Image"}},
 		ConfigTxt: func(k string) string {
 			return "# otter: Raspberry Pi 5, aarch64\nkernel=" + k + "\nenable_uart=1\n"
 		},
 	},
 	"generic": {
-		Name: "generic", GPT: true,
+		Name: "generic", GPT: true, Console: "console=tty0 console=ttyAMA0,115200",
 		Required: [][]string{{"EFI/BOOT/BOOTAA64.EFI"}},
 	},
+}
+
+// FirstInit is the init an image boots: generation 1's own.
+const FirstInit = "/var/lib/otter/generations/1/root/init"
+
+// efiEntry writes generation 1's boot entry into the ESP tree esp:
+// systemd-boot's loader.conf (no menu), the kernel and initrd of the
+// boot part in dir, and a confirmed entry.
+func efiEntry(esp, dir string, cfg *bundle.Config, cmdline string) error {
+	if err := os.MkdirAll(filepath.Join(esp, "loader"), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(esp, "loader", "loader.conf"), []byte("timeout 0\neditor no\n"), 0o644); err != nil {
+		return err
+	}
+	kernel, err := os.ReadFile(filepath.Join(dir, cfg.Boot.Kernel))
+	if err != nil {
+		return err
+	}
+	var initrd []byte
+	if cfg.Boot.Initrd != "" {
+		if initrd, err = os.ReadFile(filepath.Join(dir, cfg.Boot.Initrd)); err != nil {
+			return err
+		}
+	}
+	x := &boot.EFI{ESP: boot.Dir(esp)}
+	if err := x.Stage(1, kernel, initrd, fmt.Sprintf("otter release %d (generation 1)", cfg.Version), cmdline); err != nil {
+		return err
+	}
+	if err := x.Confirm(1); err != nil {
+		return err
+	}
+	return fixTimes(esp, fatEpoch)
 }
 
 // Options tune Build.
@@ -94,8 +130,8 @@ type Options struct {
 	// Envelope is the release's signed statement; Trust, if set, is
 	// installed as the device's trust.json.
 	Envelope, Trust []byte
-	// Init is the kernel's init, by default the current generation's
-	// root/init.
+	// Init is the kernel's init, by default generation 1's root/init
+	// (docs/bundle.md §3.1: no boot path goes through current).
 	Init     string
 	Progress func(step string)
 }
@@ -137,7 +173,21 @@ func Build(ctx context.Context, img v1.Image, cfg *bundle.Config, out string, o 
 		o.DataSize = 256 * mib
 	}
 	if o.Init == "" {
-		o.Init = "/var/lib/otter/current/root/init"
+		o.Init = FirstInit
+	}
+	if cfg.Boot != nil {
+		// The release's boot part must fit: a Pi's boot partition
+		// holds one; the ESP the kept generations' kernels (three).
+		room := o.BootSize
+		if board.GPT {
+			room /= 3
+		}
+		if err := cfg.Boot.Fits(room); err != nil {
+			return nil, err
+		}
+		if board.AB && o.BootFiles == "" {
+			o.BootFiles = cfg.Root + "/boot" // the firmware is in the boot part
+		}
 	}
 	step := func(s string) {
 		if o.Progress != nil {
@@ -270,10 +320,17 @@ func Build(ctx context.Context, img v1.Image, cfg *bundle.Config, out string, o 
 
 	step("writing the boot partitions")
 	rootPart := parts[rootAt]
-	cmdline := fmt.Sprintf("console=serial0,115200 console=tty1 root=PARTUUID=%s rootfstype=ext4 fsck.repair=yes rootwait init=%s\n", rootPart.UUID, o.Init)
+	cmdline := fmt.Sprintf("%s root=PARTUUID=%s rootfstype=ext4 fsck.repair=yes rootwait panic=5 init=%s\n", board.Console, rootPart.UUID, o.Init)
 	bootStage := filepath.Join(work, "boot")
 	if err := stageBoot(bootStage, o.BootFiles, board, kernel, cmdline); err != nil {
 		return nil, err
+	}
+	if board.GPT && cfg.Boot != nil {
+		// Generation 1's entry, confirmed, as the device writes them
+		// (boot.EFI): its kernel and initrd from the boot part.
+		if err := efiEntry(bootStage, filepath.Join(tree, cfg.Root, "boot"), cfg, strings.TrimSpace(cmdline)); err != nil {
+			return nil, err
+		}
 	}
 	for i, p := range parts {
 		if p.Type != "fat32" {
