@@ -131,6 +131,35 @@ func (x *EFI) Stage(n int, kernel, initrd []byte, title, options string) error {
 	return x.ESP.Rename("loader/entries/otter.new", "loader/entries/"+e.name())
 }
 
+// Options is the options line of generation n's entry ("" when it has
+// none).
+func (x *EFI) Options(n int) (string, error) {
+	es, err := x.Entries()
+	if err != nil {
+		return "", err
+	}
+	for _, e := range es {
+		if e.Generation != n {
+			continue
+		}
+		data, err := x.ESP.ReadFile("loader/entries/" + e.Name)
+		if err != nil {
+			return "", err
+		}
+		return optionsOf(data), nil
+	}
+	return "", nil
+}
+
+func optionsOf(entry []byte) string {
+	for _, l := range strings.Split(string(entry), "\n") {
+		if v, ok := strings.CutPrefix(l, "options "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
 // Confirm drops the counter from generation n's entry: it is good.
 func (x *EFI) Confirm(n int) error {
 	es, err := x.Entries()
@@ -185,10 +214,8 @@ func FirmwareEFI(x *EFI) (Entry, string, error) {
 	if err != nil {
 		return e, "", err
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "options "); ok {
-			return e, v, nil
-		}
+	if o := optionsOf(data); o != "" {
+		return e, o, nil
 	}
 	return e, "", fmt.Errorf("boot: %s has no options", e.Name)
 }

@@ -201,6 +201,24 @@ func Firmware(p *Pi, tryboot bool) (slot int, cmdline string, err error) {
 	return slot, strings.TrimSpace(string(data)), nil
 }
 
+// Cmdline is the cmdline.txt of the slot whose init= is init ("" when
+// neither slot's is).
+func (p *Pi) Cmdline(init string) (string, error) {
+	for _, fs := range p.Slots {
+		data, err := fs.ReadFile("cmdline.txt")
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if l := strings.TrimSpace(string(data)); InitOf(l) == init {
+			return l, nil
+		}
+	}
+	return "", nil
+}
+
 // InitOf is the init= of a kernel command line.
 func InitOf(cmdline string) string {
 	for _, f := range strings.Fields(cmdline) {

@@ -128,11 +128,13 @@ func (d *Device) Booted() (int, error) {
 	return n, nil
 }
 
-// withInit is a kernel command line with its init= replaced (or added).
+// withInit is a kernel command line with its init= replaced (or added),
+// and without what boot loaders add to the running kernel's (initrd=,
+// BOOT_IMAGE=): an entry names its own initrd.
 func withInit(cmdline, init string) string {
 	var out []string
 	for _, f := range strings.Fields(cmdline) {
-		if !strings.HasPrefix(f, "init=") {
+		if !strings.HasPrefix(f, "init=") && !strings.HasPrefix(f, "initrd=") && !strings.HasPrefix(f, "BOOT_IMAGE=") {
 			out = append(out, f)
 		}
 	}
@@ -140,8 +142,29 @@ func withInit(cmdline, init string) string {
 }
 
 // options is the kernel command line a new entry of generation n gets:
-// the running one's, with n's init.
+// the booted generation's own (its EFI entry's options, its Pi slot's
+// cmdline.txt: what otter or the image wrote, not what the firmware
+// added), else the running kernel's, with n's init.
 func (d *Device) options(n int) (string, error) {
+	booted, err := d.Booted()
+	if err != nil {
+		return "", err
+	}
+	if booted > 0 {
+		var line string
+		switch d.c.Boot.Loader {
+		case "efi":
+			line, err = (&boot.EFI{ESP: d.c.Boot.ESP}).Options(booted)
+		case "pi":
+			line, err = (&boot.Pi{Slots: d.c.Boot.Slots}).Cmdline(d.initPath(booted))
+		}
+		if err != nil {
+			return "", err
+		}
+		if line != "" {
+			return withInit(line, d.initPath(n)), nil
+		}
+	}
 	p := d.c.Boot.Cmdline
 	if p == "" {
 		p = "/proc/cmdline"

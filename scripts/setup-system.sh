@@ -21,6 +21,7 @@ packages=(
   patchelf          # the release corpus generator
   zstd xz-utils xdelta3 bsdiff  # benchmark baselines
   fdisk dosfstools mtools e2fsprogs fakeroot bmap-tools  # SD-card images without root
+  qemu-system-arm qemu-efi-aarch64  # booting otter's generic image (the boot proof)
   lintian systemd   # checking the .deb packages and the systemd unit
   chromium          # rendering otter diff's HTML report in the tests
   ca-certificates git python3
@@ -81,6 +82,34 @@ if ! getent group nixbld >/dev/null; then
   for i in $(seq 1 8); do
     $SUDO useradd -r -g nixbld -G nixbld -d /var/empty -s /usr/sbin/nologin "nixbld$i" 2>/dev/null || true
   done
+fi
+
+# The boot proof's arm64 Debian packages, unpacked (not installed) into
+# $kit: the kernel and its modules, busybox-static, systemd-boot. Redone
+# only when the kernel package Debian serves changes.
+kit=/var/cache/otter/arm64
+kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+kernel_pkg=${kernel_pkg%:arm64}
+if [ -z "$kernel_pkg" ]; then
+  apt_update
+  kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  kernel_pkg=${kernel_pkg%:arm64}
+fi
+if [ ! -e "$kit/.done-$kernel_pkg" ]; then
+  echo "setup: unpacking $kernel_pkg, busybox-static and systemd-boot-efi (arm64) into $kit"
+  dl=$(mktemp -d)
+  chmod 755 "$dl"
+  if ! (cd "$dl" && apt-get download -q "$kernel_pkg:arm64" busybox-static:arm64 systemd-boot-efi:arm64 >/dev/null 2>&1); then
+    apt_update
+    (cd "$dl" && apt-get download -q "$kernel_pkg:arm64" busybox-static:arm64 systemd-boot-efi:arm64 >/dev/null)
+  fi
+  $SUDO rm -rf "$kit.new"
+  $SUDO mkdir -p "$kit.new"
+  for deb in "$dl"/*.deb; do $SUDO dpkg-deb -x "$deb" "$kit.new"; done
+  rm -rf "$dl"
+  $SUDO touch "$kit.new/.done-$kernel_pkg"
+  $SUDO rm -rf "$kit"
+  $SUDO mv "$kit.new" "$kit"
 fi
 
 # aarch64 emulation: qemu-aarch64-static through binfmt_misc with the F flag,
