@@ -423,6 +423,9 @@ type ConfirmResult struct {
 	// Reboot, when set, is the command to run now: the tried boot
 	// failed its health check and the previous release boots next.
 	Reboot string `json:"reboot,omitempty"`
+	// Recovered is what opening the device found and did first: an
+	// interrupted update finished or undone, a tried boot settled.
+	Recovered *Recovery `json:"recovered,omitempty"`
 }
 
 // Confirm runs in a tried boot: after the health check passes, the
@@ -431,7 +434,7 @@ type ConfirmResult struct {
 // failed health check records the release as failed and leaves it to
 // the reboot the result names. With no trial running, nothing is done.
 func (d *Device) Confirm(ctx context.Context, rec *Recovery) (*ConfirmResult, error) {
-	res := &ConfirmResult{Collected: []string{}}
+	res := &ConfirmResult{Collected: []string{}, Recovered: rec}
 	if rec != nil && rec.Action == "boot-failed" {
 		return res, fmt.Errorf("%w: %s", ErrBootFailed, rec.Reason)
 	}
