@@ -337,15 +337,14 @@ func (v *vm) tail() string {
 // TestBootProof builds a generic image of release 1 and boots it under
 // qemu-system-aarch64: it updates itself to release 2 (a new init) from
 // the docker-registry on the host, reboots into it and confirms it.
-// With OTTER_BOOT_DRILL=1 (go tool task drill) it goes on: release 3,
-// whose init panics, is tried three times and the machine comes back on
-// release 2 by itself, reporting release 3 as failed; a power cut
-// during the update to release 4, and another during its tried boot,
-// both come back on a good release, and release 4 is confirmed.
+// Release 3, whose init panics, is tried three times and the machine
+// comes back on release 2 by itself, reporting release 3 as failed; a
+// power cut during the update to release 4, and another during its
+// tried boot, both come back on a good release, and release 4 is
+// confirmed. About 80 seconds here.
 func TestBootProof(t *testing.T) {
 	k := findKit(t)
 	reg := testutil.RealRegistry(t)
-	full := os.Getenv("OTTER_BOOT_DRILL") != ""
 	ctx := context.Background()
 	work := t.TempDir()
 	timing := map[string]time.Duration{}
@@ -530,14 +529,6 @@ boot:
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
 	timing["confirm"] = time.Since(t2)
 	v.expect(t, `^otter-proof: update exit 0$`, bootWait) // up to date
-	if !full {
-		v.kill()
-		if got := entries(); got != "otter-2.conf otter-1.conf" {
-			t.Fatalf("entries after the confirmed update: %s", got)
-		}
-		report(t, timing)
-		return
-	}
 
 	// Release 3's init panics: three tries, then release 2 by itself.
 	channel(3)
@@ -566,22 +557,24 @@ boot:
 	if m[1] != "2" && m[1] != "4" {
 		t.Fatalf("after a power cut during the update release %s booted", m[1])
 	}
-	// What the next otter found (an update interrupted in its phase,
-	// or a staged release in its tried boot).
-	if rec := v.expect(t, `"action": "([a-z-]+)"|^otter-proof: confirm exit`, bootWait); rec[1] != "" {
-		t.Logf("after the power cut during the update: release %s booted, recovery %s", m[1], rec[1])
-	} else {
-		t.Logf("after the power cut during the update: release %s booted, nothing to recover", m[1])
-	}
-	// Then the update (again, or resumed) stages release 4 and reboots
-	// (unless the cut came after it was staged, and this is its tried
-	// boot); the power is cut in its tried boot, before it confirms.
+	// The power is cut again in release 4's tried boot, before it
+	// confirms: at once if the first cut came after it was staged (this
+	// is its tried boot), else once the update, done again or resumed,
+	// has staged it and rebooted.
 	if m[1] == "2" {
+		// What the next otter found: an update interrupted in its
+		// phase, or nothing (cut before it began).
+		if rec := v.expect(t, `"action": "([a-z-]+)"|^otter-proof: confirm exit`, bootWait); rec[1] != "" {
+			t.Logf("after the power cut during the update: recovery %s", rec[1])
+		} else {
+			t.Logf("after the power cut during the update: nothing to recover")
+		}
 		v.expect(t, `^otter-proof: release 4 booted`, 2*bootWait)
 	}
 	v.kill()
 	v = startVM(t, img, &console)
-	if m := v.expect(t, `^otter-proof: release (\d) booted`, bootWait); m[1] != "4" && m[1] != "2" {
+	// Its entry has tries left: systemd-boot tries it again.
+	if m := v.expect(t, `^otter-proof: release (\d) booted`, bootWait); m[1] != "4" {
 		t.Fatalf("after a power cut in the tried boot release %s booted", m[1])
 	}
 	v.expect(t, `"confirmed": [1-9]`, 2*bootWait)
