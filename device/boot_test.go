@@ -353,3 +353,149 @@ func readState(t *testing.T, dir, name string, v any) {
 		t.Fatalf("%s: %v %v", name, ok, err)
 	}
 }
+
+// TestTriedBootPi is TestTriedBoot's story on a Raspberry Pi's two boot
+// partitions (directories here, as a mounted FAT is), through the
+// firmware model: after each step, what autoboot.txt says, which slot a
+// tryboot and an ordinary reset boot, and each partition's cmdline.txt.
+func TestTriedBootPi(t *testing.T) {
+	ctx := context.Background()
+	p := publishTrees(t, 5, bootRelease)
+	dir := t.TempDir()
+	slots := [2]boot.Volume{boot.Dir(filepath.Join(dir, "p1")), boot.Dir(filepath.Join(dir, "p2"))}
+	pi := &boot.Pi{Slots: slots}
+	for _, d := range []string{"p1", "p2"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmdline, bootID := filepath.Join(dir, "cmdline"), filepath.Join(dir, "boot_id")
+	store, st := testutil.TempStore(t), filepath.Join(dir, "state")
+	boots := 0
+	// reset is the firmware at a reset (tryboot or not): it writes the
+	// kernel command line the slot's cmdline.txt gives (with what the
+	// firmware adds) and a new boot id, and returns the slot.
+	reset := func(tryboot bool) int {
+		t.Helper()
+		slot, line, err := boot.Firmware(pi, tryboot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boots++
+		if err := os.WriteFile(cmdline, []byte("coherent_pool=1M 8250.nr_uarts=1 "+line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(bootID, []byte(fmt.Sprint(boots)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return slot
+	}
+	if err := os.WriteFile(cmdline, []byte("console=serial0,115200 root=PARTUUID=1-03 rootwait panic=5 init=/sbin/init\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bootID, []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	open := func() (*device.Device, *device.Recovery) {
+		t.Helper()
+		d, rec, err := device.Open(ctx, device.Config{Store: store, State: st, Trust: p.trust, System: "aarch64-linux", Channel: "stable",
+			HealthTimeout: 10 * time.Second, NoFsync: true, Keep: 3,
+			Boot: &device.Boot{Loader: "pi", Slots: slots, Cmdline: cmdline, BootID: bootID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, rec
+	}
+	initOf := func(n int) string { return filepath.Join(st, "generations", fmt.Sprint(n), "root", "init") }
+	// reads asserts what the firmware reads: autoboot.txt's slots and
+	// each partition's cmdline.txt's generation (0: none).
+	reads := func(active, tried, gen1, gen2 int) {
+		t.Helper()
+		s, err := pi.State()
+		if err != nil || s.Active != active || s.Tryboot != tried {
+			t.Fatalf("autoboot.txt: %+v %v, want boot_partition=%d, tryboot %d", s, err, active, tried)
+		}
+		for i, want := range []int{gen1, gen2} {
+			data, _ := slots[i].ReadFile("cmdline.txt")
+			if got := boot.InitOf(string(data)); (want == 0 && got != "") || (want > 0 && got != initOf(want)) {
+				t.Fatalf("partition %d's cmdline.txt starts %q, want generation %d", i+1, got, want)
+			}
+			if strings.Contains(string(data), "coherent_pool") {
+				t.Fatalf("partition %d's cmdline.txt took what the firmware added: %s", i+1, data)
+			}
+		}
+	}
+	update := func(i int) {
+		t.Helper()
+		d, _ := open()
+		defer d.Close()
+		if res, err := d.Update(ctx, p.ref(t, i), device.UpdateOptions{}); err != nil || res.Reboot != "reboot 0 tryboot" {
+			t.Fatalf("release %d: %+v %v", i, res, err)
+		}
+	}
+	confirm := func() (*device.ConfirmResult, error) {
+		t.Helper()
+		d, rec := open()
+		defer d.Close()
+		return d.Confirm(ctx, rec)
+	}
+
+	// Release 1 goes to partition 2 (1 has nothing yet), is tried, and
+	// confirmed: autoboot.txt then boots 2.
+	update(1)
+	reads(1, 2, 0, 1)
+	// The slot holds the boot part (boot/) and otter's cmdline.txt.
+	if files, _ := slots[1].List(""); strings.Join(files, " ") != "Image cmdline.txt initrd" {
+		t.Fatalf("partition 2 holds %v", files)
+	}
+	if data, _ := slots[1].ReadFile("Image"); string(data) != "kernel A" {
+		t.Fatalf("partition 2's kernel: %q", data)
+	}
+	if reset(true) != 2 {
+		t.Fatal("the tryboot did not boot partition 2")
+	}
+	if res, err := confirm(); err != nil || res.Confirmed != 1 {
+		t.Fatalf("confirm 1: %+v %v", res, err)
+	}
+	reads(2, 1, 0, 1)
+
+	// Release 2 (a new init) goes to partition 1; until the tryboot an
+	// ordinary reset still boots release 1 on partition 2.
+	update(2)
+	reads(2, 1, 2, 1)
+	if reset(true) != 1 {
+		t.Fatal("the tryboot did not boot partition 1")
+	}
+	if res, err := confirm(); err != nil || res.Confirmed != 2 {
+		t.Fatalf("confirm 2: %+v %v", res, err)
+	}
+	reads(1, 2, 2, 1)
+
+	// Release 3 (a new kernel) panics in its tryboot: the reset after the
+	// panic is an ordinary one and boots release 2; its otter records 3.
+	update(3)
+	reads(1, 2, 2, 3)
+	if reset(true) != 2 {
+		t.Fatal("the tryboot did not boot partition 2")
+	}
+	if reset(false) != 1 {
+		t.Fatal("the reset after the panic did not boot partition 1")
+	}
+	if _, err := confirm(); !errors.Is(err, device.ErrBootFailed) {
+		t.Fatalf("the boot after the failed try: %v", err)
+	}
+	reads(1, 2, 2, 3) // partition 2 is stale; only a tryboot would start it
+
+	// Release 5 has release 2's kernel and init: activated, then written
+	// to partition 2 and confirmed there, so the next reset starts it.
+	d, _ := open()
+	res, err := d.Update(ctx, p.ref(t, 5), device.UpdateOptions{})
+	d.Close()
+	if err != nil || res.Reboot != "" {
+		t.Fatalf("release 5: %+v %v", res, err)
+	}
+	reads(2, 1, 2, res.To)
+	if reset(false) != 2 {
+		t.Fatal("the reset after the activation did not boot partition 2")
+	}
+}
