@@ -464,6 +464,9 @@ func stageBoot(dst, src string, b Board, kernel, cmdline string) error {
 			// the next reboot is a tryboot, which boots partition 2.
 			files["autoboot.txt"] = "[all]\ntryboot_a_b=1\nboot_partition=1\n[tryboot]\nboot_partition=2\n"
 		}
+		if _, err := os.Stat(filepath.Join(dst, "config.txt")); err == nil {
+			delete(files, "config.txt") // the boot files' own (a release's boot part) stays
+		}
 		for name, body := range files {
 			if err := os.WriteFile(filepath.Join(dst, name), []byte(body), 0o644); err != nil {
 				return err

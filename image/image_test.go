@@ -1,6 +1,7 @@
 package image_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -10,8 +11,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/otter-fleet/otter/boot"
+	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/image"
+	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/nix"
 )
 
 func needTools(t *testing.T, names ...string) {
@@ -104,3 +109,88 @@ func TestBuildRefuses(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// bootPartRelease is a one-path release with a boot part for a Pi 4:
+// firmware, a device tree, a 3 MiB kernel, and an init.
+func bootPartRelease(t *testing.T) *bundle.Bundle {
+	t.Helper()
+	store := testutil.TempStore(t)
+	p := demo.StorePath("otter-image-boot-release")
+	root := filepath.Join(store, nix.BaseName(p))
+	files := map[string][]byte{"boot/kernel8.img": bytes.Repeat([]byte("k"), 3<<20), "boot/initrd": []byte("initrd"), "boot/start4.elf": []byte("fw"),
+		"boot/fixup4.dat": []byte("fx"), "boot/bcm2711-rpi-4-b.dtb": []byte("dtb"), "init": []byte("#!/bin/sh\n")}
+	for name, data := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, name), data, 0o555); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, size, err := nix.HashPath(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nix.NewClosure(p, []nix.PathInfo{{Path: p, NarHash: h, NarSize: size, References: []string{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testutil.BuildBundle(t, c, store)
+}
+
+// TestBuildBootPart: a release that carries its boot part boots it. On
+// a Pi both partitions hold the boot part (no --boot-files needed) and a
+// cmdline.txt starting generation 1's own init; a generic image's ESP
+// holds generation 1's BLS entry and kernel. No boot path names current.
+// A boot part larger than the boot partition is refused.
+func TestBuildBootPart(t *testing.T) {
+	needTools(t, "sfdisk", "mkfs.fat", "mcopy", "mkfs.ext4", "debugfs")
+	b := bootPartRelease(t)
+	ctx := context.Background()
+	opts := image.Options{Envelope: []byte(`{"payloadType":"stand-in"}`), Trust: []byte(`{}`), BootSize: 64 << 20, DataSize: 16 << 20}
+
+	o := opts
+	o.Board = "rpi4"
+	res, err := image.Build(ctx, b, b.Config, filepath.Join(t.TempDir(), "pi.img"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range res.Partitions[:2] {
+		fs := boot.FAT{Path: res.Image, Offset: part.Start}
+		k, err := fs.ReadFile("kernel8.img")
+		if err != nil || len(k) != 3<<20 {
+			t.Fatalf("%s's kernel: %d bytes, %v", part.Name, len(k), err)
+		}
+		line, err := fs.ReadFile("cmdline.txt")
+		if err != nil || boot.InitOf(string(line)) != image.FirstInit || strings.Contains(string(line), "current") {
+			t.Fatalf("%s's cmdline.txt: %q %v", part.Name, line, err)
+		}
+	}
+
+	o = opts
+	o.Board, o.BootFiles = "generic", efiFiles(t)
+	res, err = image.Build(ctx, b, b.Config, filepath.Join(t.TempDir(), "generic.img"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &boot.EFI{ESP: boot.FAT{Path: res.Image, Offset: res.Partitions[0].Start}}
+	es, err := x.Entries()
+	if err != nil || len(es) != 1 || es[0].Name != "otter-1.conf" {
+		t.Fatalf("the ESP's entries: %+v %v", es, err)
+	}
+	if opts, err := x.Options(1); err != nil || boot.InitOf(opts) != image.FirstInit || strings.Contains(opts, "current") {
+		t.Fatalf("the entry's options: %q %v", opts, err)
+	}
+	if k, err := x.ESP.ReadFile("otter/1/linux"); err != nil || len(k) != 3<<20 {
+		t.Fatalf("the entry's kernel: %d bytes, %v", len(k), err)
+	}
+
+	// 3 MiB of boot part in a 2 MiB boot partition: refused, nothing left.
+	o = opts
+	o.Board, o.BootSize = "rpi4", 2<<20
+	dir := t.TempDir()
+	if _, err := image.Build(ctx, b, b.Config, filepath.Join(dir, "small.img"), o); !errors.Is(err, bundle.ErrBootPart) {
+		t.Fatalf("a boot part larger than the boot partition: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left %v", ents)
+	}
+}
