@@ -68,6 +68,9 @@ func TestConfigErrors(t *testing.T) {
 		{"wariness -0.1", "wariness: 0.05", "wariness: -0.1", ": wariness: "},
 		{"relative machine id", "wariness: 0.05", "machineId: etc/machine-id", ": machineId: "},
 		{"nix maybe", "system: aarch64-linux", "system: aarch64-linux\nnix: maybe", "device.yaml:6: nix"},
+		{"boot loader grub", "system: aarch64-linux", "system: aarch64-linux\nboot: {loader: grub}", `device.yaml:6: boot: loader "grub": efi or pi`},
+		{"pi with one slot", "system: aarch64-linux", "system: aarch64-linux\nboot: {loader: pi, slots: [/dev/mmcblk0p1]}", "boot: pi: two boot partitions, got 1"},
+		{"efi without its partition", "system: aarch64-linux", "system: aarch64-linux\nboot: {loader: efi, esp: /nonexistent/esp}", "boot: boot: FAT file system"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := strings.Replace(string(good), tc.from, tc.to, 1)
@@ -91,6 +94,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte("version: 1\nrelease: r:stable\ntrust: " + trust + "\n"))
 	f.Add([]byte("schedule: {interval: 1s, jitter: 2s}"))
+	f.Add([]byte("version: 1\nrelease: r:stable\ntrust: " + trust + "\nboot: {loader: efi, esp: /nonexistent}\n"))
+	f.Add([]byte("version: 1\nrelease: r:stable\ntrust: " + trust + "\nboot: {loader: pi, slots: [/a]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := agent.Parse("device.yaml", data)
 		if err != nil {
