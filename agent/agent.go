@@ -252,8 +252,12 @@ func (a *Agent) waitInhibit(ctx context.Context) error {
 func (a *Agent) Attempt(ctx context.Context) Attempt {
 	a.defaults()
 	att := Attempt{Time: a.Now()}
-	att.Changed, att.Err = a.changed(ctx)
+	var digest string
+	att.Changed, digest, att.Err = a.changed(ctx)
 	if att.Err == nil && att.Changed {
+		if digest != "" {
+			fmt.Fprintf(a.Log, "otter agent: %s names %s: updating\n", a.Ref, digest)
+		}
 		att.Result, att.Err = a.update(ctx)
 	}
 	c, _ := a.load()
@@ -299,11 +303,12 @@ func (a *Agent) Attempt(ctx context.Context) Attempt {
 // changed is the cheap check: one HEAD of the channel's manifest, and
 // the installed statement's expiry read on the device. Only when the
 // digest moved or the statement expired does the agent update (which
-// verifies everything, and refuses to stay on an expired release).
-func (a *Agent) changed(ctx context.Context) (bool, error) {
+// verifies everything, and refuses to stay on an expired release). It
+// also gives the digest the channel names, when it looked.
+func (a *Agent) changed(ctx context.Context) (bool, string, error) {
 	d, _, err := device.Open(ctx, a.Device)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	g, err := d.Current()
 	var held *device.Hold
@@ -312,30 +317,30 @@ func (a *Agent) changed(ctx context.Context) (bool, error) {
 	}
 	d.Close()
 	if err != nil || g == nil {
-		return true, err
+		return true, "", err
 	}
 	if exp, err := time.Parse(time.RFC3339, g.Release.Expires); err != nil || !a.Device.Now().Before(exp) {
-		return true, nil
+		return true, "", nil
 	}
 	if a.Ref.Remote == nil {
 		img, err := oci.OpenManifest(ctx, a.Ref, a.Device.IO...)
 		if err != nil {
-			return false, err
+			return false, "", err
 		}
 		h, err := img.Digest()
 		if err != nil {
-			return false, err
+			return false, "", err
 		}
-		return h.String() != g.Digest && !heldNow(held, h.String(), a.Device.Now()), nil
+		return h.String() != g.Digest && !heldNow(held, h.String(), a.Device.Now()), h.String(), nil
 	}
 	desc, err := oci.Head(ctx, a.Ref, a.Device.IO...)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	if desc == nil {
-		return false, fmt.Errorf("%w: %s", oci.ErrNotFound, a.Ref)
+		return false, "", fmt.Errorf("%w: %s", oci.ErrNotFound, a.Ref)
 	}
-	return desc.Digest.String() != g.Digest && !heldNow(held, desc.Digest.String(), a.Device.Now()), nil
+	return desc.Digest.String() != g.Digest && !heldNow(held, desc.Digest.String(), a.Device.Now()), desc.Digest.String(), nil
 }
 
 // heldNow says whether digest is the release the last update held back

@@ -151,8 +151,8 @@ func mustRead(t *testing.T, p string) []byte {
 }
 
 // releaseInit is a good release's init: the network up, the ESP mounted,
-// otter confirm, then otter update every two seconds (the agent's job,
-// in a loop the test can read on the serial console).
+// otter confirm, then otter agent, polling every two seconds, which
+// reboots into what it stages.
 func releaseInit(n int, busybox, otter, config string) string {
 	return fmt.Sprintf(`#!%[1]s/bin/sh
 %[1]s/bin/busybox mkdir -p /bin /run /tmp /efi
@@ -170,14 +170,7 @@ O=%[2]s/bin/otter
 C="--config %[3]s/device.yaml"
 $O confirm $C --json
 echo "otter-proof: confirm exit $?"
-n=0
-while :; do
-	n=$((n+1))
-	echo "otter-proof: poll $n"
-	$O update $C --reboot --json
-	echo "otter-proof: update exit $?"
-	sleep 2
-done
+exec $O agent $C
 `, busybox, otter, config, n)
 }
 
@@ -375,6 +368,7 @@ insecure: true
 trust: /var/lib/otter/trust.json
 wariness: 0
 healthCheck: test -e /efi/loader/loader.conf
+schedule: {interval: 2s, jitter: 0s, afterBoot: 0s, maxBackoff: 8s}
 boot:
   loader: efi
   esp: /efi
@@ -515,10 +509,11 @@ boot:
 	v.expect(t, `^otter-proof: release 1 booted`, bootWait)
 	timing["boot (power on to init)"] = time.Since(t0)
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
-	v.expect(t, `^otter-proof: poll 1$`, bootWait)
+	v.expect(t, `^otter agent: .* names `+rel[2].desc.Digest.String()+`: updating$`, bootWait)
 	t1 := time.Now()
-	v.expect(t, `"reboot": "[^"]+"`, bootWait)
-	timing["update to release 2 (poll to staged)"] = time.Since(t1)
+	v.expect(t, `^otter agent: staged release 2 .* by patch`, bootWait)
+	timing["update to release 2 (the agent's poll to staged)"] = time.Since(t1)
+	v.expect(t, `^otter agent: rebooting to try release 2$`, bootWait)
 	t2 := time.Now()
 	m := v.expect(t, `^otter-proof: release (\d) booted: (.*)$`, bootWait)
 	timing["reboot into the tried release"] = time.Since(t2)
@@ -528,11 +523,11 @@ boot:
 	v.expect(t, `"confirmed": 2`, bootWait)
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
 	timing["confirm"] = time.Since(t2)
-	v.expect(t, `^otter-proof: update exit 0$`, bootWait) // up to date
+	v.expect(t, `^otter agent: .* unchanged$`, bootWait)
 
 	// Release 3's init panics: three tries, then release 2 by itself.
 	channel(3)
-	v.expect(t, `"reboot": "[^"]+"`, bootWait)
+	v.expect(t, `^otter agent: rebooting to try release 3$`, bootWait)
 	t3 := time.Now()
 	for try := 1; try <= boot.Tries; try++ {
 		v.expect(t, `^otter-proof: release 3 panics$`, bootWait)
@@ -544,12 +539,12 @@ boot:
 	v.expect(t, `did not confirm`, bootWait)
 	v.expect(t, `^otter-proof: confirm exit 22$`, bootWait)
 	timing["fallback (3 tries of a panicking init, back on release 2)"] = time.Since(t3)
-	v.expect(t, `^otter-proof: update exit 23$`, bootWait) // known bad
+	v.expect(t, `^otter agent: poll of .* failed .*failed here before`, bootWait) // known bad
 
 	// A power cut during the update to release 4 (its patch takes a few
-	// seconds): the channel moves while the guest sleeps between polls.
+	// seconds).
 	channel(4)
-	v.expect(t, `^otter-proof: poll`, bootWait)
+	v.expect(t, `^otter agent: .* names `+rel[4].desc.Digest.String()+`: updating$`, bootWait)
 	time.Sleep(time.Duration(1000+time.Now().UnixNano()%1500) * time.Millisecond)
 	v.kill()
 	v = startVM(t, img, &console)
