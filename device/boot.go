@@ -305,6 +305,12 @@ func (d *Device) Trial() (*Trial, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
+	switch {
+	case t.Phase != "staging" && t.Phase != "staged" && t.Phase != "failed":
+		return nil, fmt.Errorf("%w: %s: phase %q", ErrState, state.Trial, t.Phase)
+	case t.To <= 0 || t.From < 0 || t.Target == "" || t.Slot < 0 || t.Slot > 2:
+		return nil, fmt.Errorf("%w: %s names no staged generation", ErrState, state.Trial)
+	}
 	return &t, nil
 }
 
