@@ -507,22 +507,22 @@ boot:
 	v := startVM(t, img, &console)
 	t0 := time.Now()
 	v.expect(t, `^otter-proof: release 1 booted`, bootWait)
-	timing["boot (power on to init)"] = time.Since(t0)
+	timing["boot: power on to the release's init"] = time.Since(t0)
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
 	v.expect(t, `^otter agent: .* names `+rel[2].desc.Digest.String()+`: updating$`, bootWait)
 	t1 := time.Now()
 	v.expect(t, `^otter agent: staged release 2 .* by patch`, bootWait)
-	timing["update to release 2 (the agent's poll to staged)"] = time.Since(t1)
+	timing["update to release 2 (the agent's poll to staged; a 2.2 KB patch)"] = time.Since(t1)
 	v.expect(t, `^otter agent: rebooting to try release 2$`, bootWait)
 	t2 := time.Now()
 	m := v.expect(t, `^otter-proof: release (\d) booted: (.*)$`, bootWait)
-	timing["reboot into the tried release"] = time.Since(t2)
+	timing["reboot into the tried release: staged to its init"] = time.Since(t2)
 	if m[1] != "2" || boot.InitOf(m[2]) != "/var/lib/otter/generations/2/root/init" {
 		t.Fatalf("the reboot started release %s with %s", m[1], m[2])
 	}
 	v.expect(t, `"confirmed": 2`, bootWait)
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
-	timing["confirm"] = time.Since(t2)
+	timing["tried boot: staged to confirmed"] = time.Since(t2)
 	v.expect(t, `^otter agent: .* unchanged$`, bootWait)
 
 	// Release 3's init panics: three tries, then release 2 by itself.
@@ -538,7 +538,7 @@ boot:
 	}
 	v.expect(t, `did not confirm`, bootWait)
 	v.expect(t, `^otter-proof: confirm exit 22$`, bootWait)
-	timing["fallback (3 tries of a panicking init, back on release 2)"] = time.Since(t3)
+	timing["fallback: staged to release 3 reported failed on release 2 (3 tries of a panicking init)"] = time.Since(t3)
 	v.expect(t, `^otter agent: poll of .* failed .*failed here before`, bootWait) // known bad
 
 	// A power cut during the update to release 4 (its patch takes a few
@@ -548,7 +548,9 @@ boot:
 	time.Sleep(time.Duration(1000+time.Now().UnixNano()%1500) * time.Millisecond)
 	v.kill()
 	v = startVM(t, img, &console)
+	t4 := time.Now()
 	m = v.expect(t, `^otter-proof: release (\d) booted`, bootWait)
+	timing["power cut during an update: power on to a good release's init"] = time.Since(t4)
 	if m[1] != "2" && m[1] != "4" {
 		t.Fatalf("after a power cut during the update release %s booted", m[1])
 	}
@@ -568,12 +570,14 @@ boot:
 	}
 	v.kill()
 	v = startVM(t, img, &console)
+	t5 := time.Now()
 	// Its entry has tries left: systemd-boot tries it again.
 	if m := v.expect(t, `^otter-proof: release (\d) booted`, bootWait); m[1] != "4" {
 		t.Fatalf("after a power cut in the tried boot release %s booted", m[1])
 	}
 	v.expect(t, `"confirmed": [1-9]`, 2*bootWait)
 	v.expect(t, `^otter-proof: confirm exit 0$`, bootWait)
+	timing["power cut in a tried boot: power on to confirmed"] = time.Since(t5)
 	v.kill()
 	got := entries()
 	if !regexp.MustCompile(`^otter-\d\.conf otter-2\.conf`).MatchString(got) || strings.Contains(got, "+") {
