@@ -260,8 +260,11 @@ func TestTriedBoot(t *testing.T) {
 		t.Fatalf("release 5: %+v %v", res, err)
 	}
 	// Release 6 has no boot part: refused before anything is written.
-	if _, err := d.Update(ctx, p.ref(t, 6), device.UpdateOptions{}); !errors.Is(err, bundle.ErrBootPart) {
-		t.Fatalf("a release without a boot part: %v", err)
+	if res, err := d.Update(ctx, p.ref(t, 6), device.UpdateOptions{}); !errors.Is(err, bundle.ErrBootPart) || res == nil || res.Transferred != 0 {
+		t.Fatalf("a release without a boot part: %+v %v", res, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.st, "downloads")); len(ents) != 0 {
+		t.Fatalf("a refused release left downloads: %v", ents)
 	}
 	d.Close()
 	current(5)

@@ -247,6 +247,21 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 		return res, nil
 	}
 
+	// A device that boots its releases refuses one it cannot boot before
+	// it downloads anything (the config is a small blob).
+	if d.c.Boot != nil {
+		var bc *bundle.Config
+		err := d.retry(ctx, func() (err error) {
+			bc, err = bundle.ReadConfig(img)
+			return err
+		})
+		if err != nil {
+			return fail(err)
+		}
+		if err := d.checkBootPart(bc); err != nil {
+			return fail(err)
+		}
+	}
 	if err := d.setPhase(j, phaseFetch); err != nil {
 		return nil, err
 	}
@@ -397,6 +412,16 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if err := d.syncProfile(ctx); err != nil {
 		return fail(err)
 	}
+	// The downloads served their purpose once the generation exists.
+	dropDownloads := func() {
+		if patchFile != "" {
+			os.Remove(patchFile)
+			return
+		}
+		for _, l := range plan.layers {
+			os.Remove(filepath.Join(dl, l.Digest.Hex+".layer"))
+		}
+	}
 	// A new boot part or init is tried by a reboot, not activated.
 	if d.c.Boot != nil {
 		var old *bundle.Config
@@ -404,6 +429,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			old = installed.Config
 		}
 		if bundle.NeedsReboot(old, newCfg) {
+			dropDownloads()
 			return d.stageTrial(j, res, stmt.Version)
 		}
 	}
@@ -443,14 +469,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if res.Collected, err = d.gc(ctx); err != nil {
 		return nil, err
 	}
-	// The downloads served their purpose.
-	if patchFile != "" {
-		os.Remove(patchFile)
-	} else {
-		for _, l := range plan.layers {
-			os.Remove(filepath.Join(dl, l.Digest.Hex+".layer"))
-		}
-	}
+	dropDownloads()
 	if err := d.record(Outcome{Action: "update", Target: digest.String(), From: from, To: to, Result: "ok"}); err != nil {
 		return nil, err
 	}
