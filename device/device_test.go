@@ -1,11 +1,8 @@
 package device_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"path/filepath"
 	"strconv"
@@ -15,10 +12,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/device"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
+	testpub "github.com/otter-fleet/otter/internal/testutil/publish"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/release"
@@ -78,7 +75,6 @@ func publishTrees(t *testing.T, n int, write func(store string, i int) (*nix.Clo
 // rollouts[i] where it has one.
 func publishStaged(t *testing.T, n int, write func(store string, i int) (*nix.Closure, error), rollouts map[int]*sign.Rollout) *published {
 	t.Helper()
-	ctx := context.Background()
 	key, err := sign.GenerateKey(sign.Ed25519)
 	if err != nil {
 		t.Fatal(err)
@@ -102,32 +98,10 @@ func publishStaged(t *testing.T, n int, write func(store string, i int) (*nix.Cl
 		if err != nil {
 			t.Fatal(err)
 		}
-		desc, err := oci.Write(ctx, b, ref)
-		if err != nil {
-			t.Fatal(err)
-		}
 		signer.Rollout = rollouts[i]
-		st, err := signer.Statement(desc, b.Config, uint64(i), "stable")
-		if err != nil {
-			t.Fatal(err)
-		}
-		payload, _ := st.Marshal()
-		env, err := signer.Seal(sign.ReleaseType, payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := signer.AttachRelease(ctx, ref, desc, st, env, false); err != nil {
-			t.Fatal(err)
-		}
+		desc, _ := testpub.Release(t, signer, b, ref, uint64(i), "stable")
 		if prev != nil {
-			var patch bytes.Buffer
-			if _, err := delta.Diff(ctx, delta.Release{Image: prev, Config: prev.Config}, delta.Release{Image: b, Config: b.Config}, &patch, delta.Options{}); err != nil {
-				t.Fatal(err)
-			}
-			sum := sha256.Sum256(patch.Bytes())
-			if _, _, err := signer.PublishPatch(ctx, ref, desc, prevDigest, patch.Bytes(), "sha256:"+hex.EncodeToString(sum[:]), "stable", uint64(i), b.Config.System); err != nil {
-				t.Fatal(err)
-			}
+			testpub.Patch(t, signer, prev, prevDigest, b, ref, desc, "stable", uint64(i))
 		}
 		prev, prevDigest = b, desc.Digest
 		p.digests = append(p.digests, desc.Digest.String())

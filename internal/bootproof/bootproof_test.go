@@ -6,8 +6,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,10 +21,10 @@ import (
 
 	"github.com/otter-fleet/otter/boot"
 	"github.com/otter-fleet/otter/bundle"
-	"github.com/otter-fleet/otter/delta"
 	"github.com/otter-fleet/otter/image"
 	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
+	"github.com/otter-fleet/otter/internal/testutil/publish"
 	"github.com/otter-fleet/otter/nix"
 	"github.com/otter-fleet/otter/oci"
 	"github.com/otter-fleet/otter/release"
@@ -414,35 +412,13 @@ boot:
 		if err != nil {
 			t.Fatal(err)
 		}
-		desc, err := oci.Write(ctx, b, ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := signer.Statement(desc, b.Config, uint64(n), "stable")
-		if err != nil {
-			t.Fatal(err)
-		}
-		payload, _ := st.Marshal()
-		env, err := signer.Seal(sign.ReleaseType, payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := signer.AttachRelease(ctx, ref, desc, st, env, false); err != nil {
-			t.Fatal(err)
-		}
+		desc, env := publish.Release(t, signer, b, ref, uint64(n), "stable")
 		rel[n] = &published{bundle: b, desc: desc, ref: ref, envelope: env}
 	}
 	for _, p := range [][2]int{{1, 2}, {2, 3}, {2, 4}} {
 		from, to := rel[p[0]], rel[p[1]]
-		var patch bytes.Buffer
-		if _, err := delta.Diff(ctx, delta.Release{Image: from.bundle, Config: from.bundle.Config}, delta.Release{Image: to.bundle, Config: to.bundle.Config}, &patch, delta.Options{}); err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(patch.Bytes())
-		if _, _, err := signer.PublishPatch(ctx, to.ref, to.desc, from.desc.Digest, patch.Bytes(), "sha256:"+hex.EncodeToString(sum[:]), "stable", uint64(p[1]), to.bundle.Config.System); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("patch r%d -> r%d: %d bytes", p[0], p[1], patch.Len())
+		size := publish.Patch(t, signer, from.bundle, from.desc.Digest, to.bundle, to.ref, to.desc, "stable", uint64(p[1]))
+		t.Logf("patch r%d -> r%d: %d bytes", p[0], p[1], size)
 	}
 	channel := func(n int) {
 		t.Helper()
