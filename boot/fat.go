@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/otter-fleet/otter/internal/fsutil"
 )
@@ -31,13 +34,16 @@ type Volume interface {
 	Rename(from, to string) error
 	// Remove removes a file; a missing one is not an error.
 	Remove(name string) error
-	// RemoveAll removes a directory and what it holds.
+	// RemoveAll removes a file, or a directory and what it holds; a
+	// missing one is not an error.
 	RemoveAll(dir string) error
 	// MkdirAll makes a directory and its parents.
 	MkdirAll(dir string) error
 	// List gives the names in a directory, sorted; none when it is
 	// missing.
 	List(dir string) ([]string, error)
+	// Space gives the file system's size and its free bytes.
+	Space() (total, free int64, err error)
 }
 
 // Replace writes name as a new file beside it (name.new) and renames it
@@ -128,15 +134,16 @@ func (f FAT) Remove(name string) error {
 	return f.mtools(nil, "mdel", "::/"+name)
 }
 
-// RemoveAll removes dir and its contents; a missing one is not an error.
-func (f FAT) RemoveAll(dir string) error {
-	if err := f.mtools(nil, "mdir", "-b", "::/"+dir); err != nil {
-		if strings.Contains(err.Error(), "not found") {
-			return nil
-		}
+// RemoveAll removes a file, or a directory and its contents; a missing
+// one is not an error.
+func (f FAT) RemoveAll(name string) error {
+	if err := f.mtools(nil, "mdel", "::/"+name); err == nil {
+		return nil
+	}
+	if err := f.mtools(nil, "mdeltree", "::/"+name); err != nil && !strings.Contains(err.Error(), "not found") {
 		return err
 	}
-	return f.mtools(nil, "mdeltree", "::/"+dir)
+	return nil
 }
 
 // MkdirAll makes dir and its parents.
@@ -171,6 +178,36 @@ func (f FAT) List(dir string) ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+var (
+	sizeRE   = regexp.MustCompile(`(?m)^(?:big|small) size: ([0-9]+) sectors`)
+	sectorRE = regexp.MustCompile(`(?m)^sector size: ([0-9]+) bytes`)
+	freeRE   = regexp.MustCompile(`(?m)^\s*([0-9][0-9 ]*) bytes free`)
+)
+
+// Space gives the file system's size (minfo) and its free bytes (mdir).
+func (f FAT) Space() (total, free int64, err error) {
+	var info, dir bytes.Buffer
+	if err := f.mtools(&info, "minfo", "::"); err != nil {
+		return 0, 0, err
+	}
+	if err := f.mtools(&dir, "mdir", "::/"); err != nil {
+		return 0, 0, err
+	}
+	sector := sectorRE.FindStringSubmatch(info.String())
+	for _, m := range sizeRE.FindAllStringSubmatch(info.String(), -1) {
+		if n, _ := strconv.ParseInt(m[1], 10, 64); n > 0 && sector != nil {
+			b, _ := strconv.ParseInt(sector[1], 10, 64)
+			total = n * b
+		}
+	}
+	fm := freeRE.FindStringSubmatch(dir.String())
+	if total == 0 || fm == nil {
+		return 0, 0, fmt.Errorf("%w: the size of %s: minfo and mdir said\n%s%s", ErrFAT, f.spec(), info.String(), dir.String())
+	}
+	free, _ = strconv.ParseInt(strings.ReplaceAll(fm[1], " ", ""), 10, 64)
+	return total, free, nil
 }
 
 // Dir is a boot partition mounted at a directory (vfat on the device):
@@ -223,7 +260,7 @@ func (d Dir) Remove(name string) error {
 	return fsutil.SyncDir(filepath.Dir(d.path(name)))
 }
 
-// RemoveAll removes a directory and its contents.
+// RemoveAll removes a file, or a directory and its contents.
 func (d Dir) RemoveAll(dir string) error {
 	if err := os.RemoveAll(d.path(dir)); err != nil {
 		return err
@@ -233,6 +270,15 @@ func (d Dir) RemoveAll(dir string) error {
 
 // MkdirAll makes a directory and its parents.
 func (d Dir) MkdirAll(dir string) error { return os.MkdirAll(d.path(dir), 0o755) }
+
+// Space gives the mounted file system's size and free bytes.
+func (d Dir) Space() (total, free int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(string(d), &st); err != nil {
+		return 0, 0, err
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+}
 
 // List gives the names in dir, sorted; nil when it is missing.
 func (d Dir) List(dir string) ([]string, error) {

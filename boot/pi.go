@@ -142,6 +142,21 @@ func (p *Pi) Stage(files map[string][]byte, cmdline string) (int, error) {
 		return 0, err
 	}
 	p.cut("removed cmdline.txt")
+	// The previous release's files go: the slot holds exactly the new
+	// boot part, and all its room is the boot part's.
+	old, err := fs.List("")
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range old {
+		if n == "autoboot.txt" || n == "autoboot.new" {
+			continue // partition 1's: which slot boots, not the slot's boot files
+		}
+		if err := fs.RemoveAll(n); err != nil {
+			return 0, err
+		}
+	}
+	p.cut("emptied the slot")
 	names := make([]string, 0, len(files))
 	for n := range files {
 		if n == "cmdline.txt" || n == "autoboot.txt" {

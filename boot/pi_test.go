@@ -135,7 +135,11 @@ func TestPiTryboot(t *testing.T) {
 		t.Fatalf("autoboot.txt after confirming: %+v", st)
 	}
 
-	// Generation 3 goes to slot 1, never to the running slot 2.
+	// Generation 3 goes to slot 1, never to the running slot 2; what the
+	// slot held before goes, but partition 1's autoboot.txt stays.
+	if err := pi.Slots[0].WriteFile("overlays/stale.dtbo", []byte("from an older release")); err != nil {
+		t.Fatal(err)
+	}
 	before, _ := pi.Slots[1].ReadFile("kernel8.img")
 	if slot, err := pi.Stage(release(3), cmdline(3)); err != nil || slot != 1 {
 		t.Fatalf("stage 3: slot %d, %v", slot, err)
@@ -145,6 +149,14 @@ func TestPiTryboot(t *testing.T) {
 	}
 	boots(t, pi, false, 2, 2)
 	boots(t, pi, true, 1, 3)
+	if _, err := pi.Slots[0].ReadFile("overlays/stale.dtbo"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a file of an older release survived staging: %v", err)
+	}
+	// The room a slot has: its whole file system (32 MiB here).
+	total, free, err := pi.Slots[0].Space()
+	if err != nil || total < 30<<20 || total > 32<<20 || free <= 0 || free >= total {
+		t.Fatalf("partition 1's space: %d total, %d free, %v", total, free, err)
+	}
 
 	// A missing file is os.ErrNotExist; a file system mtools cannot open
 	// is not taken for one.

@@ -43,10 +43,6 @@ type Boot struct {
 	// BootID names this boot (default /proc/sys/kernel/random/boot_id):
 	// a trial staged in this boot has not been tried yet.
 	BootID string
-	// Size is the boot partition's size (pi) or the ESP's room for one
-	// more generation (efi), in bytes: a boot part larger is refused
-	// before anything is written. 0: not checked.
-	Size int64
 }
 
 // RebootCommand is the command that reboots.
@@ -178,7 +174,7 @@ func (d *Device) options(n int) (string, error) {
 
 // checkBootPart refuses, before anything is written, a release this
 // device cannot boot: none (a device that boots its releases needs
-// their boot part), or one larger than the boot partition.
+// their boot part), or one larger than the room it has (bootRoom).
 func (d *Device) checkBootPart(cfg *bundle.Config) error {
 	if d.c.Boot == nil {
 		return nil
@@ -186,10 +182,27 @@ func (d *Device) checkBootPart(cfg *bundle.Config) error {
 	if cfg.Boot == nil {
 		return fmt.Errorf("%w: this device boots its releases (%s), and %s carries no boot part", bundle.ErrBootPart, d.c.Boot.Loader, cfg.Root)
 	}
-	if d.c.Boot.Size > 0 {
-		return cfg.Boot.Fits(d.c.Boot.Size)
+	room, err := d.bootRoom()
+	if err != nil {
+		return err
 	}
-	return nil
+	return cfg.Boot.Fits(room)
+}
+
+// bootRoom is the room a new boot part has: the ESP's free space (efi);
+// the whole inactive slot, which staging empties (pi).
+func (d *Device) bootRoom() (int64, error) {
+	if d.c.Boot.Loader == "efi" {
+		_, free, err := d.c.Boot.ESP.Space()
+		return free, err
+	}
+	p := &boot.Pi{Slots: d.c.Boot.Slots}
+	st, err := p.State()
+	if err != nil {
+		return 0, err
+	}
+	total, _, err := p.Slots[2-st.Active].Space()
+	return total, err
 }
 
 // stage writes generation n's boot entry (efi) or slot (pi) from its

@@ -1,10 +1,12 @@
 package device_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -111,6 +113,9 @@ func newEFIDevice(t *testing.T, p *published) *efiDevice {
 	dir := t.TempDir()
 	e := &efiDevice{t: t, p: p, store: testutil.TempStore(t), st: filepath.Join(dir, "state"), esp: &boot.EFI{ESP: boot.Dir(filepath.Join(dir, "esp"))},
 		cmdline: filepath.Join(dir, "cmdline"), bootID: filepath.Join(dir, "boot_id")}
+	if err := os.Mkdir(filepath.Join(dir, "esp"), 0o755); err != nil { // mounted
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(e.cmdline, []byte("root=PARTUUID=1 rw panic=5 init=/sbin/init\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -500,5 +505,46 @@ func TestTriedBootPi(t *testing.T) {
 	reads(2, 1, 2, res.To)
 	if reset(false) != 2 {
 		t.Fatal("the reset after the activation did not boot partition 2")
+	}
+}
+
+// TestBootPartTooLarge: a boot part larger than the room on the ESP is
+// refused before anything is downloaded or written.
+func TestBootPartTooLarge(t *testing.T) {
+	_, err := exec.LookPath("mkfs.fat")
+	testutil.Require(t, err == nil, "mkfs.fat (dosfstools)")
+	ctx := context.Background()
+	p := publishTrees(t, 1, func(store string, i int) (*nix.Closure, error) {
+		path := demo.StorePath("otter-boot-release-large")
+		root := filepath.Join(store, nix.BaseName(path))
+		if err := os.MkdirAll(filepath.Join(root, "boot"), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(root, "boot", "Image"), bytes.Repeat([]byte("k"), 3<<20), 0o444); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/sh\n"), 0o555); err != nil {
+			return nil, err
+		}
+		h, size, err := nix.HashPath(root)
+		if err != nil {
+			return nil, err
+		}
+		return nix.NewClosure(path, []nix.PathInfo{{Path: path, NarHash: h, NarSize: size, References: []string{}}})
+	})
+	e := newEFIDevice(t, p)
+	img := filepath.Join(t.TempDir(), "esp.img")
+	if out, err := exec.Command("mkfs.fat", "-C", img, "2048").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.fat: %v %s", err, out)
+	}
+	e.esp = &boot.EFI{ESP: boot.FAT{Path: img}}
+	d, _ := e.open()
+	defer d.Close()
+	res, err := d.Update(ctx, p.ref(t, 1), device.UpdateOptions{})
+	if !errors.Is(err, bundle.ErrBootPart) || !strings.Contains(err.Error(), "the partition has") || res == nil || res.Transferred != 0 {
+		t.Fatalf("a 3 MiB boot part for a 2 MiB ESP: %+v %v", res, err)
+	}
+	if gens, _ := os.ReadDir(filepath.Join(e.st, "generations")); len(gens) != 0 {
+		t.Fatalf("generations after the refusal: %v", gens)
 	}
 }
