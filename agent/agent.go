@@ -150,6 +150,36 @@ func (a *Agent) defaults() {
 	}
 }
 
+// staged is the trial staged and waiting for its tryboot, if any.
+func (a *Agent) staged(ctx context.Context) (*device.Trial, error) {
+	d, _, err := device.Open(ctx, a.Device)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	t, err := d.Trial()
+	if err != nil || t == nil || t.Phase != "staged" {
+		return nil, err
+	}
+	return t, nil
+}
+
+// tryboot records the reboot into the staged release, then runs the
+// tryboot command.
+func (a *Agent) tryboot(ctx context.Context) error {
+	d, _, err := device.Open(ctx, a.Device)
+	if err != nil {
+		return err
+	}
+	t, err := d.Rebooting()
+	d.Close()
+	if err != nil || t == nil {
+		return err
+	}
+	fmt.Fprintf(a.Log, "otter agent: rebooting to try release %d\n", t.Version)
+	return a.Reboot(ctx, a.Device.Boot.TrybootCommand())
+}
+
 // Confirm settles a tried boot when the agent starts: in the boot that
 // tries a staged release, otter confirm's health check and
 // confirmation; in the boot after one that never confirmed, the failed
@@ -194,6 +224,11 @@ func (a *Agent) Run(ctx context.Context, once bool) error {
 		if _, err := a.Confirm(ctx); err != nil && once {
 			return err
 		}
+		// A release staged and not yet tried (the power went before the
+		// tryboot): try it now.
+		if t, err := a.staged(ctx); err == nil && t != nil {
+			return a.tryboot(ctx)
+		}
 	}
 	at := a.Config.Schedule.First(a.Now(), a.Boot, a.Rand)
 	if once {
@@ -217,8 +252,7 @@ func (a *Agent) Run(ctx context.Context, once bool) error {
 		}
 		if att.Err == nil && att.Result != nil && att.Result.Reboot != "" && a.Device.Boot != nil {
 			// Staged for a tried boot: the agent in that boot confirms it.
-			fmt.Fprintf(a.Log, "otter agent: rebooting to try release %d\n", att.Result.Version)
-			return a.Reboot(ctx, a.Device.Boot.TrybootCommand())
+			return a.tryboot(ctx)
 		}
 		if once {
 			return att.Err

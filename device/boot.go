@@ -77,7 +77,8 @@ func (b *Boot) bootID() (string, error) {
 // boot-trial.json).
 type Trial struct {
 	// Phase is "staging" while its boot files are written, "staged" once
-	// the next boot tries them, "failed" when its health check failed in
+	// a tryboot reboot would try them, "rebooting" once otter started
+	// that reboot, "failed" when its health check failed in
 	// the tried boot.
 	Phase   string `json:"phase"`
 	Target  string `json:"target"`
@@ -319,7 +320,7 @@ func (d *Device) Trial() (*Trial, error) {
 		return nil, err
 	}
 	switch {
-	case t.Phase != "staging" && t.Phase != "staged" && t.Phase != "failed":
+	case t.Phase != "staging" && t.Phase != "staged" && t.Phase != "rebooting" && t.Phase != "failed":
 		return nil, fmt.Errorf("%w: %s: phase %q", ErrState, state.Trial, t.Phase)
 	case t.To <= 0 || t.From < 0 || t.Target == "" || t.Slot < 0 || t.Slot > 2:
 		return nil, fmt.Errorf("%w: %s names no staged generation", ErrState, state.Trial)
@@ -414,9 +415,23 @@ func (d *Device) recoverTrial() (*Recovery, error) {
 	case booted == t.To && t.Phase != "failed":
 		rec.Action = "trying"
 		return rec, nil
-	case id == t.BootID && t.Phase == "staged":
+	case id == t.BootID && (t.Phase == "staged" || t.Phase == "rebooting"):
 		rec.Action = "staged" // not rebooted yet
 		return rec, nil
+	case t.Phase == "staged":
+		// Rebooted, but not by otter's tryboot (an ordinary reboot, a
+		// power cut before it): tried only if the firmware took the new
+		// entry (EFI counts its tries); a Pi slot is tried only by a
+		// tryboot. Untried, it stays staged for the next tryboot.
+		tried, err := d.tried(t)
+		if err != nil {
+			return nil, err
+		}
+		if !tried {
+			t.BootID = id
+			rec.Action = "staged"
+			return rec, d.st.WriteJSON(state.Trial, t)
+		}
 	case t.Phase == "staging":
 		rec.Action = "discarded"
 		return rec, d.abandonTrial(t, "interrupted", fmt.Sprintf("interrupted while staging generation %d's boot files; still on generation %d", t.To, t.From))
@@ -428,6 +443,41 @@ func (d *Device) recoverTrial() (*Recovery, error) {
 	}
 	rec.Reason = reason
 	return rec, d.abandonTrial(t, "rolled-back", reason)
+}
+
+// tried says whether the firmware has booted a staged trial's entry:
+// EFI, when its counter shows a try (or it is gone); a Pi slot never
+// without a tryboot.
+func (d *Device) tried(t *Trial) (bool, error) {
+	if d.c.Boot.Loader != "efi" {
+		return false, nil
+	}
+	es, err := (&boot.EFI{ESP: d.c.Boot.ESP}).Entries()
+	if err != nil {
+		return false, err
+	}
+	for _, e := range es {
+		if e.Generation == t.To {
+			return !e.Counted || e.Done > 0 || e.Bad(), nil
+		}
+	}
+	return true, nil
+}
+
+// Rebooting records that the tryboot reboot of the staged trial starts
+// now (otter update --reboot and the agent call it just before the
+// tryboot command): a boot after it that is not the trial is a failed
+// try. It returns the trial (nil: none staged).
+func (d *Device) Rebooting() (*Trial, error) {
+	t, err := d.Trial()
+	if err != nil || t == nil || (t.Phase != "staged" && t.Phase != "rebooting") {
+		return nil, err
+	}
+	if t.BootID, err = d.c.Boot.bootID(); err != nil {
+		return nil, err
+	}
+	t.Phase = "rebooting"
+	return t, d.st.WriteJSON(state.Trial, t)
 }
 
 // ConfirmResult says what otter confirm did.

@@ -190,6 +190,23 @@ func TestTriedBoot(t *testing.T) {
 		t.Fatalf("an update while a trial is staged: %v", err)
 	}
 	d.Close()
+	// A boot of generation 1 (chosen in systemd-boot's menu) leaves
+	// generation 2's entry untried: it stays staged, not failed.
+	opts, err := e.esp.Options(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.cmdline, []byte(opts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.bootID, []byte("chosen in the menu"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if d, rec := e.open(); rec == nil || rec.Action != "staged" {
+		t.Fatalf("a boot that did not take the staged entry: %+v", rec)
+	} else {
+		d.Close()
+	}
 	if ent := e.reset(); ent.Generation != 2 {
 		t.Fatalf("the reset booted %+v", ent)
 	}
@@ -441,6 +458,16 @@ func TestTriedBootPi(t *testing.T) {
 			t.Fatalf("release %d: %+v %v", i, res, err)
 		}
 	}
+	// rebooting is what otter update --reboot and the agent do just
+	// before the tryboot command.
+	rebooting := func() {
+		t.Helper()
+		d, _ := open()
+		defer d.Close()
+		if tr, err := d.Rebooting(); err != nil || tr == nil || tr.Phase != "rebooting" {
+			t.Fatalf("rebooting: %+v %v", tr, err)
+		}
+	}
 	confirm := func() (*device.ConfirmResult, error) {
 		t.Helper()
 		d, rec := open()
@@ -451,6 +478,7 @@ func TestTriedBootPi(t *testing.T) {
 	// Release 1 goes to partition 2 (1 has nothing yet), is tried, and
 	// confirmed: autoboot.txt then boots 2.
 	update(1)
+	rebooting()
 	reads(1, 2, 0, 1)
 	// The slot holds the boot part (boot/) and otter's cmdline.txt.
 	if files, _ := slots[1].List(""); strings.Join(files, " ") != "Image cmdline.txt initrd" {
@@ -471,6 +499,17 @@ func TestTriedBootPi(t *testing.T) {
 	// ordinary reset still boots release 1 on partition 2.
 	update(2)
 	reads(2, 1, 2, 1)
+	// The power goes before the tryboot: the ordinary boot after it
+	// leaves release 2 staged, untried (not failed), for the next tryboot.
+	if reset(false) != 2 {
+		t.Fatal("an ordinary reset did not boot partition 2")
+	}
+	if d, rec := open(); rec == nil || rec.Action != "staged" {
+		t.Fatalf("after a reset before the tryboot: %+v", rec)
+	} else {
+		d.Close()
+	}
+	rebooting()
 	if reset(true) != 1 {
 		t.Fatal("the tryboot did not boot partition 1")
 	}
@@ -482,6 +521,7 @@ func TestTriedBootPi(t *testing.T) {
 	// Release 3 (a new kernel) panics in its tryboot: the reset after the
 	// panic is an ordinary one and boots release 2; its otter records 3.
 	update(3)
+	rebooting()
 	reads(1, 2, 2, 3)
 	if reset(true) != 2 {
 		t.Fatal("the tryboot did not boot partition 2")

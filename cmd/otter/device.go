@@ -407,6 +407,9 @@ func runUpdate(ctx context.Context, o updateOpts, args []string, u *ui) error {
 	if err != nil || res.Reboot == "" || !o.reboot {
 		return err
 	}
+	if _, err := d.Rebooting(); err != nil {
+		return err
+	}
 	d.Close() // the lock goes before the machine does
 	return reboot(ctx, d.Config().Boot.TrybootCommand(), u)
 }
