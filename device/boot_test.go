@@ -24,32 +24,21 @@ import (
 // bootRelease writes release i as one root store path with a boot part:
 // releases 1 and 2 differ in their init, 3 and 4 in their kernel, 5 has
 // release 2's kernel and init (an activation), 6 has no boot part.
-func bootRelease(store string, i int) (*nix.Closure, error) {
-	if i == 6 {
-		return demo.WriteRelease(store, 1)
-	}
-	kernel, init := "kernel A", fmt.Sprintf("#!/bin/sh\necho release %d\n", i)
-	switch i {
-	case 3, 4:
-		kernel = fmt.Sprintf("kernel %d", i)
-	case 5:
-		init = "#!/bin/sh\necho release 2\n"
-	}
-	p := demo.StorePath(fmt.Sprintf("otter-boot-release-%d", i))
-	root := filepath.Join(store, nix.BaseName(p))
-	for name, body := range map[string]string{"boot/Image": kernel, "boot/initrd": "initrd", "init": init, "etc/app": fmt.Sprint(i)} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755); err != nil {
-			return nil, err
+func bootRelease(t *testing.T) func(store string, i int) (*nix.Closure, error) {
+	return func(store string, i int) (*nix.Closure, error) {
+		if i == 6 {
+			return demo.WriteRelease(store, 1)
 		}
-		if err := os.WriteFile(filepath.Join(root, name), []byte(body), 0o555); err != nil {
-			return nil, err
+		kernel, init := "kernel A", fmt.Sprintf("#!/bin/sh\necho release %d\n", i)
+		switch i {
+		case 3, 4:
+			kernel = fmt.Sprintf("kernel %d", i)
+		case 5:
+			init = "#!/bin/sh\necho release 2\n"
 		}
+		return testutil.OnePath(t, store, fmt.Sprintf("otter-boot-release-%d", i), map[string][]byte{
+			"boot/Image": []byte(kernel), "boot/initrd": []byte("initrd"), "init": []byte(init), "etc/app": []byte(fmt.Sprint(i))}), nil
 	}
-	h, size, err := nix.HashPath(root)
-	if err != nil {
-		return nil, err
-	}
-	return nix.NewClosure(p, []nix.PathInfo{{Path: p, NarHash: h, NarSize: size, References: []string{}}})
 }
 
 // efiDevice is a device that boots by EFI entries on an ESP (a directory
@@ -134,7 +123,7 @@ func newEFIDevice(t *testing.T, p *published) *efiDevice {
 // without a boot part is refused; no entry names current.
 func TestTriedBoot(t *testing.T) {
 	ctx := context.Background()
-	p := publishTrees(t, 6, bootRelease)
+	p := publishTrees(t, 6, bootRelease(t))
 	e := newEFIDevice(t, p)
 
 	// update stages release i and tries it at the next reset.
@@ -310,7 +299,7 @@ func TestTriedBoot(t *testing.T) {
 // is on the old release); cut after it is staged, the reset tries it.
 func TestTrialPowerCut(t *testing.T) {
 	ctx := context.Background()
-	p := publishTrees(t, 2, bootRelease)
+	p := publishTrees(t, 2, bootRelease(t))
 	t.Cleanup(func() { device.SetTestHook(nil) })
 	for _, point := range []string{"trial-staging", "trial-written", "trial-staged"} {
 		t.Run(point, func(t *testing.T) {
@@ -385,7 +374,7 @@ func readState(t *testing.T, dir, name string, v any) {
 // tryboot and an ordinary reset boot, and each partition's cmdline.txt.
 func TestTriedBootPi(t *testing.T) {
 	ctx := context.Background()
-	p := publishTrees(t, 5, bootRelease)
+	p := publishTrees(t, 5, bootRelease(t))
 	dir := t.TempDir()
 	slots := [2]boot.Volume{boot.Dir(filepath.Join(dir, "p1")), boot.Dir(filepath.Join(dir, "p2"))}
 	pi := &boot.Pi{Slots: slots}
@@ -555,22 +544,8 @@ func TestBootPartTooLarge(t *testing.T) {
 	testutil.Require(t, err == nil, "mkfs.fat (dosfstools)")
 	ctx := context.Background()
 	p := publishTrees(t, 1, func(store string, i int) (*nix.Closure, error) {
-		path := demo.StorePath("otter-boot-release-large")
-		root := filepath.Join(store, nix.BaseName(path))
-		if err := os.MkdirAll(filepath.Join(root, "boot"), 0o755); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(root, "boot", "Image"), bytes.Repeat([]byte("k"), 3<<20), 0o444); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(root, "init"), []byte("#!/bin/sh\n"), 0o555); err != nil {
-			return nil, err
-		}
-		h, size, err := nix.HashPath(root)
-		if err != nil {
-			return nil, err
-		}
-		return nix.NewClosure(path, []nix.PathInfo{{Path: path, NarHash: h, NarSize: size, References: []string{}}})
+		return testutil.OnePath(t, store, "otter-boot-release-large", map[string][]byte{
+			"boot/Image": bytes.Repeat([]byte("k"), 3<<20), "init": []byte("#!/bin/sh\n")}), nil
 	})
 	e := newEFIDevice(t, p)
 	img := filepath.Join(t.TempDir(), "esp.img")

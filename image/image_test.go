@@ -14,9 +14,7 @@ import (
 	"github.com/otter-fleet/otter/boot"
 	"github.com/otter-fleet/otter/bundle"
 	"github.com/otter-fleet/otter/image"
-	"github.com/otter-fleet/otter/internal/demo"
 	"github.com/otter-fleet/otter/internal/testutil"
-	"github.com/otter-fleet/otter/nix"
 )
 
 func needTools(t *testing.T, names ...string) {
@@ -115,24 +113,9 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 func bootPartRelease(t *testing.T) *bundle.Bundle {
 	t.Helper()
 	store := testutil.TempStore(t)
-	p := demo.StorePath("otter-image-boot-release")
-	root := filepath.Join(store, nix.BaseName(p))
-	files := map[string][]byte{"boot/kernel8.img": bytes.Repeat([]byte("k"), 3<<20), "boot/initrd": []byte("initrd"), "boot/start4.elf": []byte("fw"),
-		"boot/fixup4.dat": []byte("fx"), "boot/bcm2711-rpi-4-b.dtb": []byte("dtb"), "init": []byte("#!/bin/sh\n")}
-	for name, data := range files {
-		os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755)
-		if err := os.WriteFile(filepath.Join(root, name), data, 0o555); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h, size, err := nix.HashPath(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := nix.NewClosure(p, []nix.PathInfo{{Path: p, NarHash: h, NarSize: size, References: []string{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testutil.OnePath(t, store, "otter-image-boot-release", map[string][]byte{"boot/kernel8.img": bytes.Repeat([]byte("k"), 3<<20),
+		"boot/initrd": []byte("initrd"), "boot/start4.elf": []byte("fw"), "boot/fixup4.dat": []byte("fx"), "boot/bcm2711-rpi-4-b.dtb": []byte("dtb"),
+		"init": []byte("#!/bin/sh\n")})
 	return testutil.BuildBundle(t, c, store)
 }
 

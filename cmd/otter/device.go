@@ -541,6 +541,19 @@ func runStatus(ctx context.Context, o deviceOpts, prometheus bool, args []string
 			}
 			fmt.Fprintf(w, "  generation %d: release %d (%s)\n", g.Number, g.Release.Version, g.Digest)
 		}
+		if st.Booted > 0 {
+			fmt.Fprintf(w, "booted generation %d\n", st.Booted)
+		}
+		if t := st.Trial; t != nil {
+			fmt.Fprintf(w, "tried boot: release %d (%s), generation %d, %s", t.Version, t.Target, t.To, t.Phase)
+			switch {
+			case t.To == st.Booted:
+				fmt.Fprint(w, ": running now; otter confirm keeps it")
+			case t.Phase == "staged" || t.Phase == "rebooting":
+				fmt.Fprint(w, ": the next tryboot tries it")
+			}
+			fmt.Fprintln(w)
+		}
 		if l := st.Last; l != nil {
 			fmt.Fprintf(w, "last %s at %s: %s", l.Action, l.Time, l.Result)
 			if l.Reason != "" {

@@ -285,3 +285,34 @@ func StaticARM64(t testing.TB, path string) {
 		}
 	}
 }
+
+// OnePath writes a store path named name into store (a store directory)
+// holding files (slash-separated names; "init" and bin/ executable) and
+// returns its closure: that one path, without references.
+func OnePath(t testing.TB, store, name string, files map[string][]byte) *nix.Closure {
+	t.Helper()
+	p := demo.StorePath(name)
+	root := filepath.Join(store, nix.BaseName(p))
+	for rel, data := range files {
+		f := filepath.Join(root, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mode := os.FileMode(0o444)
+		if rel == "init" || strings.HasPrefix(rel, "bin/") {
+			mode = 0o555
+		}
+		if err := os.WriteFile(f, data, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, size, err := nix.HashPath(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nix.NewClosure(p, []nix.PathInfo{{Path: p, NarHash: h, NarSize: size, References: []string{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
