@@ -88,21 +88,30 @@ fi
 # $kit: the kernel and its modules, busybox-static, systemd-boot. Redone
 # only when the kernel package Debian serves changes.
 kit=/var/cache/otter/arm64
-kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-kernel_pkg=${kernel_pkg%:arm64}
+kit_kernel() {
+  local k
+  k=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  echo "${k%:arm64}"
+}
+kit_download() { # into the current directory
+  apt-get download -q "$kernel_pkg:arm64" busybox-static:arm64 systemd-boot-efi:arm64 >/dev/null 2>&1
+}
+kernel_pkg=$(kit_kernel)
 if [ -z "$kernel_pkg" ]; then
   apt_update
-  kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  kernel_pkg=${kernel_pkg%:arm64}
+  kernel_pkg=$(kit_kernel)
 fi
 if [ ! -e "$kit/.done-$kernel_pkg" ]; then
-  echo "setup: unpacking $kernel_pkg, busybox-static and systemd-boot-efi (arm64) into $kit"
   dl=$(mktemp -d)
   chmod 755 "$dl"
-  if ! (cd "$dl" && apt-get download -q "$kernel_pkg:arm64" busybox-static:arm64 systemd-boot-efi:arm64 >/dev/null 2>&1); then
+  if ! (cd "$dl" && kit_download); then
+    # Stale package lists: Debian may have moved to another kernel ABI.
     apt_update
-    (cd "$dl" && apt-get download -q "$kernel_pkg:arm64" busybox-static:arm64 systemd-boot-efi:arm64 >/dev/null)
+    kernel_pkg=$(kit_kernel)
+    rm -f "$dl"/*.deb
+    (cd "$dl" && kit_download) || { echo "setup: cannot download $kernel_pkg, busybox-static and systemd-boot-efi for arm64" >&2; rm -rf "$dl"; exit 1; }
   fi
+  echo "setup: unpacking $kernel_pkg, busybox-static and systemd-boot-efi (arm64) into $kit"
   $SUDO rm -rf "$kit.new"
   $SUDO mkdir -p "$kit.new"
   for deb in "$dl"/*.deb; do $SUDO dpkg-deb -x "$deb" "$kit.new"; done
