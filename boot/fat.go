@@ -90,9 +90,7 @@ func (f FAT) mtools(stdout *bytes.Buffer, name string, args ...string) error {
 func (f FAT) ReadFile(name string) ([]byte, error) {
 	var out bytes.Buffer
 	if err := f.mtools(&out, "mtype", "::/"+name); err != nil {
-		if strings.Contains(err.Error(), "not found") {
-			// mtools: File "::/name" not found; a file system it cannot
-			// open is another error.
+		if notFound(err) {
 			return nil, fmt.Errorf("%s: %w", name, os.ErrNotExist)
 		}
 		return nil, err
@@ -128,11 +126,16 @@ func (f FAT) Rename(from, to string) error {
 
 // Remove removes name; a missing file is not an error.
 func (f FAT) Remove(name string) error {
-	if _, err := f.ReadFile(name); errors.Is(err, os.ErrNotExist) {
-		return nil
+	if err := f.mtools(nil, "mdel", "::/"+name); err != nil && !notFound(err) {
+		return err
 	}
-	return f.mtools(nil, "mdel", "::/"+name)
+	return nil
 }
+
+// notFound says an mtools command failed on a missing name (it prints
+// File "::/name" not found); a file system it cannot open is another
+// error.
+func notFound(err error) bool { return strings.Contains(err.Error(), "not found") }
 
 // RemoveAll removes a file, or a directory and its contents; a missing
 // one is not an error.
@@ -140,7 +143,7 @@ func (f FAT) RemoveAll(name string) error {
 	if err := f.mtools(nil, "mdel", "::/"+name); err == nil {
 		return nil
 	}
-	if err := f.mtools(nil, "mdeltree", "::/"+name); err != nil && !strings.Contains(err.Error(), "not found") {
+	if err := f.mtools(nil, "mdeltree", "::/"+name); err != nil && !notFound(err) {
 		return err
 	}
 	return nil
@@ -165,7 +168,7 @@ func (f FAT) MkdirAll(dir string) error {
 func (f FAT) List(dir string) ([]string, error) {
 	var out bytes.Buffer
 	if err := f.mtools(&out, "mdir", "-b", "::/"+dir); err != nil {
-		if strings.Contains(err.Error(), "not found") {
+		if notFound(err) {
 			return nil, nil
 		}
 		return nil, err
