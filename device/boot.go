@@ -65,13 +65,22 @@ func (b *Boot) TrybootCommand() []string {
 }
 
 func (b *Boot) bootID() (string, error) {
-	p := b.BootID
+	return readTrimmed(b.BootID, "/proc/sys/kernel/random/boot_id")
+}
+
+// cmdline is the running kernel's command line.
+func (b *Boot) cmdline() (string, error) { return readTrimmed(b.Cmdline, "/proc/cmdline") }
+
+func readTrimmed(p, def string) (string, error) {
 	if p == "" {
-		p = "/proc/sys/kernel/random/boot_id"
+		p = def
 	}
 	data, err := os.ReadFile(p)
 	return strings.TrimSpace(string(data)), err
 }
+
+func (b *Boot) efi() *boot.EFI { return &boot.EFI{ESP: b.ESP} }
+func (b *Boot) pi() *boot.Pi   { return &boot.Pi{Slots: b.Slots} }
 
 // Trial is a generation staged for a tried boot (state file
 // boot-trial.json).
@@ -105,24 +114,26 @@ func (d *Device) Booted() (int, error) {
 	if d.c.Boot == nil {
 		return 0, nil
 	}
-	p := d.c.Boot.Cmdline
-	if p == "" {
-		p = "/proc/cmdline"
-	}
-	data, err := os.ReadFile(p)
+	line, err := d.c.Boot.cmdline()
 	if err != nil {
 		return 0, err
 	}
-	init := boot.InitOf(string(data))
+	return d.generationOf(line), nil
+}
+
+// generationOf is the generation a kernel command line's init= starts
+// (0: none of this state directory's).
+func (d *Device) generationOf(cmdline string) int {
+	init := boot.InitOf(cmdline)
 	rest, ok := strings.CutPrefix(init, d.st.Path("generations")+"/")
 	if !ok {
-		return 0, nil
+		return 0
 	}
 	n, err := strconv.Atoi(strings.TrimSuffix(rest, "/root/init"))
 	if err != nil || n <= 0 || d.initPath(n) != init {
-		return 0, nil
+		return 0
 	}
-	return n, nil
+	return n
 }
 
 // withInit is a kernel command line with its init= replaced (or added),
@@ -143,17 +154,17 @@ func withInit(cmdline, init string) string {
 // cmdline.txt: what otter or the image wrote, not what the firmware
 // added), else the running kernel's, with n's init.
 func (d *Device) options(n int) (string, error) {
-	booted, err := d.Booted()
+	running, err := d.c.Boot.cmdline()
 	if err != nil {
 		return "", err
 	}
-	if booted > 0 {
+	if booted := d.generationOf(running); booted > 0 {
 		var line string
 		switch d.c.Boot.Loader {
 		case "efi":
-			line, err = (&boot.EFI{ESP: d.c.Boot.ESP}).Options(booted)
+			line, err = d.c.Boot.efi().Options(booted)
 		case "pi":
-			line, err = (&boot.Pi{Slots: d.c.Boot.Slots}).Cmdline(d.initPath(booted))
+			line, err = d.c.Boot.pi().Cmdline(d.initPath(booted))
 		}
 		if err != nil {
 			return "", err
@@ -162,15 +173,7 @@ func (d *Device) options(n int) (string, error) {
 			return withInit(line, d.initPath(n)), nil
 		}
 	}
-	p := d.c.Boot.Cmdline
-	if p == "" {
-		p = "/proc/cmdline"
-	}
-	data, err := os.ReadFile(p)
-	if err != nil {
-		return "", err
-	}
-	return withInit(strings.TrimSpace(string(data)), d.initPath(n)), nil
+	return withInit(running, d.initPath(n)), nil
 }
 
 // checkBootPart refuses, before anything is written, a release this
@@ -197,7 +200,7 @@ func (d *Device) bootRoom() (int64, error) {
 		_, free, err := d.c.Boot.ESP.Space()
 		return free, err
 	}
-	p := &boot.Pi{Slots: d.c.Boot.Slots}
+	p := d.c.Boot.pi()
 	st, err := p.State()
 	if err != nil {
 		return 0, err
@@ -234,7 +237,7 @@ func (d *Device) stage(n int) (int, error) {
 				return 0, err
 			}
 		}
-		x := &boot.EFI{ESP: d.c.Boot.ESP}
+		x := d.c.Boot.efi()
 		title := fmt.Sprintf("otter release %d (generation %d)", g.Release.Version, n)
 		return 0, x.Stage(n, kernel, initrd, title, opts)
 	case "pi":
@@ -254,7 +257,7 @@ func (d *Device) stage(n int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		return (&boot.Pi{Slots: d.c.Boot.Slots}).Stage(files, opts+"\n")
+		return d.c.Boot.pi().Stage(files, opts+"\n")
 	}
 	return 0, fmt.Errorf("device: boot loader %q: efi or pi", d.c.Boot.Loader)
 }
@@ -262,9 +265,9 @@ func (d *Device) stage(n int) (int, error) {
 // confirmBoot makes generation n's entry (or slot) the one that boots.
 func (d *Device) confirmBoot(n, slot int) error {
 	if d.c.Boot.Loader == "pi" {
-		return (&boot.Pi{Slots: d.c.Boot.Slots}).Confirm(slot)
+		return d.c.Boot.pi().Confirm(slot)
 	}
-	return (&boot.EFI{ESP: d.c.Boot.ESP}).Confirm(n)
+	return d.c.Boot.efi().Confirm(n)
 }
 
 // unstage makes sure the next reset does not boot generation n: its EFI
@@ -273,9 +276,9 @@ func (d *Device) confirmBoot(n, slot int) error {
 // needs nothing, and the next stage rewrites it).
 func (d *Device) unstage(n int) error {
 	if d.c.Boot.Loader == "efi" {
-		return (&boot.EFI{ESP: d.c.Boot.ESP}).Remove(n)
+		return d.c.Boot.efi().Remove(n)
 	}
-	p := &boot.Pi{Slots: d.c.Boot.Slots}
+	p := d.c.Boot.pi()
 	st, err := p.State()
 	if err != nil {
 		return err
@@ -297,7 +300,7 @@ func (d *Device) pruneBoot(keep map[int]bool) error {
 	if d.c.Boot == nil || d.c.Boot.Loader != "efi" {
 		return nil
 	}
-	x := &boot.EFI{ESP: d.c.Boot.ESP}
+	x := d.c.Boot.efi()
 	es, err := x.Entries()
 	if err != nil {
 		return err
@@ -377,12 +380,7 @@ func (d *Device) abandonTrial(t *Trial, result, reason string) error {
 		return err
 	}
 	if result == "rolled-back" {
-		failed := map[string]string{}
-		if _, err := d.st.ReadJSON(state.Failed, &failed); err != nil {
-			return err
-		}
-		failed[t.Target] = reason
-		if err := d.st.WriteJSON(state.Failed, failed); err != nil {
+		if err := d.markFailed(t.Target, reason); err != nil {
 			return err
 		}
 	}
@@ -452,7 +450,7 @@ func (d *Device) tried(t *Trial) (bool, error) {
 	if d.c.Boot.Loader != "efi" {
 		return false, nil
 	}
-	es, err := (&boot.EFI{ESP: d.c.Boot.ESP}).Entries()
+	es, err := d.c.Boot.efi().Entries()
 	if err != nil {
 		return false, err
 	}

@@ -350,9 +350,6 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	if target != nil {
 		newCfg = target.Config
 	}
-	if err := d.checkBootPart(newCfg); err != nil {
-		return fail(err)
-	}
 	if err := d.nixCheck(ctx, newClosure); err != nil {
 		return fail(err)
 	}
@@ -441,15 +438,15 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 	}
 	crashPoint("switched")
 	if err := d.activate(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: %v", ErrActivation, err))
+		return d.rollBackFailed(ctx, j, res, fmt.Errorf("%w: %v", ErrActivation, err))
 	}
 	crashPoint("activated")
 	if err := d.healthCheck(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: %v", ErrHealthCheck, err))
+		return d.rollBackFailed(ctx, j, res, fmt.Errorf("%w: %v", ErrHealthCheck, err))
 	}
 	crashPoint("healthy")
 	if err := d.nixosCommit(ctx, to); err != nil {
-		return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
+		return d.rollBackFailed(ctx, j, res, fmt.Errorf("%w: switch-to-configuration: %v", ErrActivation, err))
 	}
 	if d.c.Boot != nil {
 		// The same kernel and init, activated: the next boot starts the
@@ -459,7 +456,7 @@ func (d *Device) Update(ctx context.Context, ref oci.Ref, o UpdateOptions) (*Upd
 			err = d.confirmBoot(to, slot)
 		}
 		if err != nil {
-			return d.rollBackFailed(ctx, j, res, failed, fmt.Errorf("%w: writing its boot entry: %v", ErrActivation, err))
+			return d.rollBackFailed(ctx, j, res, fmt.Errorf("%w: writing its boot entry: %v", ErrActivation, err))
 		}
 	}
 	if err := d.setPhase(j, phaseCommit); err != nil {
@@ -530,7 +527,7 @@ func ChooseMethod(method string, installed bool, patch *v1.Descriptor, layerByte
 
 // rollBackFailed puts the old generation back after the new one failed
 // to activate or to pass its health check, and remembers the release.
-func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResult, failed map[string]string, cause error) (*UpdateResult, error) {
+func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResult, cause error) (*UpdateResult, error) {
 	if err := d.st.Switch(j.From); err != nil {
 		return nil, err
 	}
@@ -561,8 +558,7 @@ func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResu
 	if err := d.syncProfile(ctx); err != nil {
 		return nil, err
 	}
-	failed[j.Target] = cause.Error()
-	if err := d.st.WriteJSON(state.Failed, failed); err != nil {
+	if err := d.markFailed(j.Target, cause.Error()); err != nil {
 		return nil, err
 	}
 	if err := d.record(Outcome{Action: "update", Target: j.Target, From: j.From, To: j.From, Result: "rolled-back", Reason: cause.Error()}); err != nil {
@@ -572,6 +568,17 @@ func (d *Device) rollBackFailed(ctx context.Context, j *journal, res *UpdateResu
 		return nil, err
 	}
 	return res, cause
+}
+
+// markFailed records in failed.json that the release target failed here,
+// and why: otter update refuses it from then on (without --retry).
+func (d *Device) markFailed(target, reason string) error {
+	failed := map[string]string{}
+	if _, err := d.st.ReadJSON(state.Failed, &failed); err != nil {
+		return err
+	}
+	failed[target] = reason
+	return d.st.WriteJSON(state.Failed, failed)
 }
 
 type layerPlan struct {
