@@ -98,6 +98,20 @@ func ReadBoot(root string) (*Boot, error) {
 	return b, nil
 }
 
+// Read reads the kernel and the initrd (nil when there is none) of this
+// boot part from dir, the root's boot/ directory.
+func (b *Boot) Read(dir string) (kernel, initrd []byte, err error) {
+	if kernel, err = os.ReadFile(filepath.Join(dir, b.Kernel)); err != nil {
+		return nil, nil, err
+	}
+	if b.Initrd != "" {
+		if initrd, err = os.ReadFile(filepath.Join(dir, b.Initrd)); err != nil {
+			return nil, nil, err
+		}
+	}
+	return kernel, initrd, nil
+}
+
 // Validate checks the fields' form.
 func (b *Boot) Validate() error {
 	switch {

@@ -227,15 +227,9 @@ func (d *Device) stage(n int) (int, error) {
 	}
 	switch d.c.Boot.Loader {
 	case "efi":
-		kernel, err := os.ReadFile(filepath.Join(dir, bp.Kernel))
+		kernel, initrd, err := bp.Read(dir)
 		if err != nil {
 			return 0, err
-		}
-		var initrd []byte
-		if bp.Initrd != "" {
-			if initrd, err = os.ReadFile(filepath.Join(dir, bp.Initrd)); err != nil {
-				return 0, err
-			}
 		}
 		x := d.c.Boot.efi()
 		title := fmt.Sprintf("otter release %d (generation %d)", g.Release.Version, n)

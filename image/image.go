@@ -97,15 +97,9 @@ func efiEntry(esp, dir string, cfg *bundle.Config, cmdline string) error {
 	if err := os.WriteFile(filepath.Join(esp, "loader", "loader.conf"), []byte("timeout 0\neditor no\n"), 0o644); err != nil {
 		return err
 	}
-	kernel, err := os.ReadFile(filepath.Join(dir, cfg.Boot.Kernel))
+	kernel, initrd, err := cfg.Boot.Read(dir)
 	if err != nil {
 		return err
-	}
-	var initrd []byte
-	if cfg.Boot.Initrd != "" {
-		if initrd, err = os.ReadFile(filepath.Join(dir, cfg.Boot.Initrd)); err != nil {
-			return err
-		}
 	}
 	x := &boot.EFI{ESP: boot.Dir(esp)}
 	if err := x.Stage(1, kernel, initrd, fmt.Sprintf("otter release %d (generation 1)", cfg.Version), cmdline); err != nil {
