@@ -92,7 +92,7 @@ func (b BootConfig) Device() (*device.Boot, error) {
 	if b.Loader == "" {
 		return nil, nil
 	}
-	db := &device.Boot{Loader: b.Loader, Reboot: shell(b.Reboot), Tryboot: shell(b.Tryboot)}
+	db := &device.Boot{Loader: b.Loader, Reboot: Shell(b.Reboot), Tryboot: Shell(b.Tryboot)}
 	var err error
 	switch b.Loader {
 	case "efi":
@@ -115,7 +115,9 @@ func (b BootConfig) Device() (*device.Boot, error) {
 	return db, nil
 }
 
-func shell(cmd string) []string {
+// Shell is the argv that runs a config file's shell command (nil for
+// none): activate, healthCheck, boot.reboot, boot.tryboot.
+func Shell(cmd string) []string {
 	if cmd == "" {
 		return nil
 	}

@@ -54,13 +54,6 @@ func deviceFlags() []cli.Flag {
 	)
 }
 
-func shell(cmd string) []string {
-	if cmd == "" {
-		return nil
-	}
-	return []string{"/bin/sh", "-c", cmd}
-}
-
 // deviceOpts are the flags every device command reads.
 type deviceOpts struct {
 	registry              registryOpts
@@ -193,7 +186,7 @@ func (o deviceOpts) validate() error {
 func (o deviceOpts) config(needTrust bool) (device.Config, error) {
 	cfg := device.Config{
 		Store: o.store, State: o.state, System: o.system, Channel: o.channel,
-		Keep: o.keep, Activate: shell(o.activate), Health: shell(o.healthCheck),
+		Keep: o.keep, Activate: agent.Shell(o.activate), Health: agent.Shell(o.healthCheck),
 		HealthTimeout: o.healthTimeout, IO: o.registry.io(nil), NoFsync: o.noFsync, Stall: o.retries,
 	}
 	if len(o.mirrors) > 0 {
